@@ -1,0 +1,111 @@
+"""A synthetic library straight into PostgreSQL: clustered unit vectors with realistic metadata.
+
+Used by bench/search.py (100k and 1M rows) and by the search tests (a few thousand). Filters of
+known selectivity come from the data itself:
+
+    format = 'png'                 50 %
+    camera_make = 'Make-5'          5 %
+    camera_make = 'Make-0.5'        0.5 %
+    camera_make = 'Make-0.05'       0.05 %
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector
+
+SELECTIVITY_FILTERS = {
+    "50%": {"format": ["png"]},
+    "5%": {"camera_make": ["Make-5"]},
+    "0.5%": {"camera_make": ["Make-0.5"]},
+    "0.05%": {"camera_make": ["Make-0.05"]},
+}
+
+
+@dataclass
+class Synthetic:
+    model_key: str
+    model_id: int
+    dim: int
+    ids: np.ndarray        # image ids, in the order of `vectors`
+    vectors: np.ndarray    # float32 unit vectors as stored (rounded through float16)
+    centers: np.ndarray
+
+
+def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Three levels, like a photo library: topics (clusters), scenes within a topic (25 each,
+    cosine about 0.8 to their topic), moments within a scene (bursts of about ten photos, cosine
+    about 0.95 to the scene) and the photos of a moment (cosine about 0.95 to it). The number of
+    moments grows with n, so a query's nearest neighbours stay a handful of photos at any size
+    instead of hundreds of near-ties. Returns the vectors and the moments (to aim queries at)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    topics = unit(rng.normal(size=(clusters, dim)))
+    scenes = unit(np.repeat(topics, 25, axis=0) + rng.normal(scale=0.75 / np.sqrt(dim), size=(clusters * 25, dim)))
+    moments = unit(scenes[rng.integers(0, len(scenes), max(1, n // 10))]
+                   + rng.normal(scale=0.33 / np.sqrt(dim), size=(max(1, n // 10), dim)))
+    labels = rng.integers(0, len(moments), n)
+    vectors = unit(moments[labels] + rng.normal(scale=0.33 / np.sqrt(dim), size=(n, dim)))
+    return vectors.astype(np.float16).astype(np.float32), moments
+
+
+def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, clusters: int = 200,
+           model_key: str = "synthetic", build_index: bool = True) -> Synthetic:
+    """Inserts n images with vectors under `model_key` (binary COPY), then builds the HNSW index."""
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    rng = np.random.default_rng(seed)
+    vectors, centers = clustered_vectors(n, dim, clusters, rng)
+    u = rng.random(n)
+    makes = np.where(u < 0.0005, "Make-0.05", np.where(u < 0.0055, "Make-0.5",
+                     np.where(u < 0.0555, "Make-5", "Other")))
+    formats = np.where(rng.random(n) < 0.5, "png", "jpeg")
+    start = datetime(2015, 1, 1, tzinfo=timezone.utc)
+    seconds = rng.integers(0, 10 * 365 * 86400, n)
+    widths = rng.choice([640, 1080, 3024, 4032], n)
+    heights = rng.choice([480, 1920, 3024, 4032], n)
+    favorite = rng.random(n) < 0.02
+    model_id = conn.execute(
+        "INSERT INTO models (name, dim) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET dim = EXCLUDED.dim "
+        "RETURNING id", (model_key, dim)).fetchone()[0]
+    first_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM images").fetchone()[0]
+    ids = np.arange(first_id, first_id + n)
+    with conn.cursor().copy(
+            "COPY images (id, sha256, format, width, height, byte_size, taken_at, taken_at_source, "
+            "camera_make, favorite) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["bigint", "bytea", "text", "int4", "int4", "bigint", "timestamptz", "text", "text", "bool"])
+        for i in range(n):
+            copy.write_row((int(ids[i]), hashlib.sha256(f"{model_key}-{seed}-{i}".encode()).digest(),
+                            str(formats[i]), int(widths[i]), int(heights[i]), 2_000_000 + i,
+                            start + timedelta(seconds=int(seconds[i])), "exif", str(makes[i]),
+                            bool(favorite[i])))
+    with conn.cursor().copy("COPY embeddings (image_id, model_id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["bigint", "int2", "halfvec"])
+        for i in range(n):
+            copy.write_row((int(ids[i]), model_id, HalfVector(vectors[i])))
+    conn.execute("SELECT setval(pg_get_serial_sequence('images', 'id'), %s)", (int(ids[-1]),))
+    if build_index:
+        conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
+    conn.execute("SELECT clipdex_use_model(%s::smallint)", (model_id,))
+    conn.execute("ANALYZE images")
+    conn.execute("ANALYZE embeddings")
+    return Synthetic(model_key, model_id, dim, ids, vectors, centers)
+
+
+def exact_top(data: Synthetic, query: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
+    """The true top-k ids by cosine distance (ties by id), as PostgreSQL computes them."""
+    q = query.astype(np.float16).astype(np.float64)
+    q /= np.linalg.norm(q)
+    v = data.vectors.astype(np.float64)
+    distance = 1 - (v @ q) / np.linalg.norm(v, axis=1)
+    order = np.lexsort((data.ids, distance))
+    if mask is not None:
+        order = order[mask[order]]
+    return [int(data.ids[i]) for i in order[:k]]

@@ -1,0 +1,319 @@
+"""Loads an open_clip model once per process and turns images and texts into unit vectors.
+
+Every model goes through :func:`load_model`, whatever its source: a built-in architecture with a
+weights tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), ``hf-hub:org/repo``, or ``local-dir:/path``.
+Nothing is imported or loaded at import time: torch and open_clip come in on first use, so
+``clipdex --help`` stays instant and Celery's parent process never touches CUDA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from clipdex.config import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+RANDOM_WEIGHTS = "none"
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded; the message is one sentence that says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: an open_clip model name and, for built-in names, a weights tag."""
+
+    name: str
+    pretrained: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ModelSpec":
+        pretrained = None if settings.model.startswith((LOCAL_DIR, HF_HUB)) else settings.pretrained
+        return cls(settings.model, pretrained)
+
+    @property
+    def local_dir(self) -> Path | None:
+        if self.name.startswith(LOCAL_DIR):
+            return Path(self.name[len(LOCAL_DIR):]).expanduser()
+        return None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.local_dir is None and not self.name.startswith(HF_HUB) and (
+            self.pretrained is None or self.pretrained.lower() == RANDOM_WEIGHTS
+        )
+
+    def key(self) -> str:
+        """The name vectors are stored under: equal keys mean interchangeable vectors.
+
+        A ``local-dir:`` model is keyed by its folder name and a fingerprint of its files, not
+        its path, so machines that keep the same weights in different places agree.
+        """
+        local = self.local_dir
+        if local is not None:
+            return f"local-dir:{local.resolve().name}@{_fingerprint(local)}"
+        if self.name.startswith(HF_HUB):
+            return self.name
+        if self.random_weights:
+            return f"{self.name}/random-seed-0"
+        return f"{self.name}/{self.pretrained}"
+
+
+def _fingerprint(folder: Path) -> str:
+    """A cheap content fingerprint of a local model: config bytes plus size and edges of weights."""
+    if not folder.is_dir():
+        raise ModelUnavailable(
+            f"CLIPDEX_MODEL points at {folder}, which is not a folder; a local-dir: model is a "
+            "folder holding open_clip_config.json and the weights."
+        )
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in (".json", ".safetensors", ".bin", ".pth", ".pt"):
+            continue
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:12]
+
+
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub, so an offline machine fails in seconds, not after retries."""
+    from huggingface_hub import constants
+
+    parts = urlsplit(constants.ENDPOINT)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Puts huggingface_hub in offline mode (cache only) for the duration, when asked to."""
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _unavailable_message(spec: ModelSpec, reason: str) -> str:
+    what = spec.name if spec.pretrained is None else f"{spec.name} ({spec.pretrained})"
+    return (
+        f"Cannot load the weights of {what}: {reason}; download them on a machine with internet "
+        "access (or copy an open_clip folder with open_clip_config.json and weights) and set "
+        "CLIPDEX_MODEL=local-dir:/path/to/that/folder."
+    )
+
+
+class ClipModel:
+    """An open_clip model in eval mode with its tokenizer and image preprocessing."""
+
+    def __init__(self, spec: ModelSpec, device: str, offline: bool = False) -> None:
+        import torch
+
+        self.spec = spec
+        self.key = spec.key()
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self._model, self.preprocess, self._tokenizer = self._load(spec, device, offline)
+        self._model.eval()
+        self.dim = int(self._probe_dim())
+        size = getattr(self._model.visual, "image_size", 224)
+        self.image_size: tuple[int, int] = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _load(spec: ModelSpec, device: str, offline: bool):
+        import open_clip
+        import torch
+
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+        local = spec.local_dir
+        if local is not None and not (local / "open_clip_config.json").is_file():
+            raise ModelUnavailable(
+                f"{local} has no open_clip_config.json; a local-dir: model needs that file and the "
+                "weights (open_clip_model.safetensors or .bin) side by side."
+            )
+        needs_hub = local is None and not spec.random_weights
+        go_offline = needs_hub and (offline or not _hub_reachable())
+        pretrained = None if spec.random_weights else spec.pretrained
+        if spec.random_weights:
+            torch.manual_seed(0)  # every process builds the same random model
+        try:
+            with _hub_offline(go_offline):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.name, pretrained=pretrained, precision=precision, device=device
+                )
+                tokenizer = open_clip.get_tokenizer(spec.name)
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # open_clip raises plain RuntimeError/OSError for missing weights
+            text = str(exc)
+            if "not found in built-ins" in text or "not a known tag" in text:
+                raise ModelUnavailable(
+                    f"open_clip does not know model {spec.name!r} with weights {spec.pretrained!r}; "
+                    "`python -c 'import open_clip; print(open_clip.list_pretrained())'` lists them."
+                ) from None
+            if needs_hub and ("download" in text.lower() or "offline" in text.lower() or go_offline):
+                reason = (
+                    "they are not in the local cache and huggingface.co cannot be reached"
+                    if go_offline
+                    else "the download failed"
+                )
+                raise ModelUnavailable(_unavailable_message(spec, reason)) from None
+            raise ModelUnavailable(f"Cannot load open_clip model {spec.name}: {text}") from None
+        return model, preprocess, tokenizer
+
+    def _probe_dim(self) -> int:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self._tokenizer(["a photo"]).to(self.device)
+            return self._model.encode_text(tokens).shape[-1]
+
+    def preprocess_images(self, images: Sequence["Image.Image"]) -> "torch.Tensor":
+        import torch
+
+        return torch.stack([self.preprocess(im) for im in images])
+
+    def encode_images(self, batch: "torch.Tensor | Sequence[Image.Image]") -> np.ndarray:
+        """Unit-length float32 vectors for a batch: preprocessed tensors (N,3,H,W) or PIL images."""
+        import torch
+
+        if not isinstance(batch, torch.Tensor):
+            batch = self.preprocess_images(batch)
+        with self._lock, torch.inference_mode():
+            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+            features = self._model.encode_image(pixels)
+            return _normalise(features)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            tokens = self._tokenizer(list(texts)).to(self.device)
+            return _normalise(self._model.encode_text(tokens))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "pretrained": self.spec.pretrained,
+            "dim": self.dim,
+            "image_size": list(self.image_size),
+        }
+
+
+def _normalise(features: "torch.Tensor") -> np.ndarray:
+    array = features.float().cpu().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (array / norms).astype(np.float32)
+
+
+_loaded: dict[tuple[str, str | None, str], ClipModel] = {}
+_load_lock = threading.Lock()
+
+
+def load_model(settings: Settings) -> ClipModel:
+    """The process's model for these settings, loaded on first call."""
+    spec = ModelSpec.from_settings(settings)
+    device = resolve_device(settings.device)
+    cache_key = (spec.name, spec.pretrained, device)
+    with _load_lock:
+        model = _loaded.get(cache_key)
+        if model is None:
+            log.info("loading open_clip model %s on %s", spec.key(), device)
+            model = ClipModel(spec, device, offline=settings.offline)
+            _loaded[cache_key] = model
+    return model
+
+
+def write_model_folder(folder: Path, model_cfg: dict, *, seed: int = 0,
+                       preprocess_cfg: dict | None = None) -> Path:
+    """Writes a random-weight open_clip model as a ``local-dir:`` folder (config + safetensors).
+
+    Tests and benchmarks use it: no weights can be downloaded on the machines that run them, and a
+    folder written this way loads through exactly the same code as a real model.
+    """
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**model_cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    config = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": preprocess_cfg or {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+TINY_MODEL_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+class LazyModel:
+    """Stands in for a model and loads it on first use: a search answered from the text cache
+    never imports torch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._model: ClipModel | None = None
+
+    def __getattr__(self, name: str):
+        if self._model is None:
+            self._model = load_model(self._settings)
+        return getattr(self._model, name)

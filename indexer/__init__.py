@@ -1,0 +1,1 @@
+"""The indexing pipeline: scan an export, read, decode, describe and embed each image, store it."""

@@ -1,0 +1,153 @@
+"""Plans an ingest run: walk the folder (stat only), let each source pick its files, leave out
+what is already indexed, and store the work as batches of a few hundred files.
+
+The batches live in ``ingest_batches``: the database is the work list. ``clipdex enqueue`` then
+sends one small Celery message per batch (run id, batch number); ``clipdex index`` runs the same
+batches in-process. Nothing here opens a photo, so a million-file library is planned in minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipdex import roots
+from clipdex.config import Settings
+from clipdex.database import Database
+from clipdex.model import ModelSpec
+from clipdex.roots import display_path
+from indexer import store
+from indexer.scan import ScannedFolder, ScanProblem, walk
+from indexer.sources import SOURCE_KINDS, FileTask, VirtualFolder, detect, get_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceCount:
+    path: str | None = None   # the shallowest folder of this source, relative to the root
+    seen: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    queued: int = 0
+
+
+@dataclass
+class RunPlan:
+    run_id: int
+    root: str
+    batches: list[int]
+    files: int
+    sources: dict[str, SourceCount] = field(default_factory=dict)
+    problems: int = 0
+    defer_index: bool = False   # a bulk load: the model's HNSW index is built when it ends
+
+
+def _components(path: Path) -> tuple[str, ...]:
+    return tuple(p for p in path.parts if p != os.sep)
+
+
+def group_folders(placement: roots.Placement, source: str,
+                  folders: list[ScannedFolder]) -> list[VirtualFolder]:
+    """Groups scanned folders into each source's virtual folders (merging Takeout parts)."""
+    root_components = _components(placement.root_path)
+    groups: dict[tuple[str, tuple[str, ...]], VirtualFolder] = {}
+    for folder in folders:
+        rel = display_path(folder.relpath)
+        components = root_components + (tuple(rel.split(os.sep)) if rel else ())
+        kind = source if source != "auto" else detect(components)
+        key = get_source(kind).folder_key(components, len(root_components))
+        group = groups.get((kind, key))
+        if group is None:
+            group = groups[(kind, key)] = VirtualFolder(kind, key, root_components)
+        group.parts.append(folder)
+    return list(groups.values())
+
+
+def plan_run(settings: Settings, database: Database, path: Path, *, source: str = "auto",
+             mode: str = "local") -> RunPlan:
+    """Scans ``path`` and records a run with its batches; returns what was planned."""
+    if source != "auto" and source not in SOURCE_KINDS:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCE_KINDS)} or auto")
+    model_key = ModelSpec.from_settings(settings).key()
+    with database.transaction() as conn:
+        placement = roots.place(settings, conn, path)
+        model_id = store.model_id(conn, model_key)
+        indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
+        already = store.embedded_images(conn, model_id)
+
+    folders: list[ScannedFolder] = []
+    problems: list[tuple[bytes, str]] = []
+    for item in walk(os.fsencode(placement.root_path), placement.relpath):
+        if isinstance(item, ScanProblem):
+            problems.append((item.relpath, item.reason))
+        else:
+            folders.append(item)
+
+    counts: dict[str, SourceCount] = defaultdict(SourceCount)
+    per_source: dict[str, list[FileTask]] = defaultdict(list)
+    for folder in sorted(group_folders(placement, source, folders), key=lambda g: (g.source, g.key)):
+        plan = get_source(folder.source).plan(folder)
+        count = counts[folder.source]
+        shallowest = min((part.relpath for part in folder.parts), key=len)
+        if count.path is None or len(shallowest) < len(count.path.encode()):
+            count.path = display_path(shallowest)
+        count.seen += sum(len(part.files) for part in folder.parts)
+        count.skipped += plan.skipped
+        for task in plan.tasks:
+            if indexed.get(task.relpath) == (task.size, task.mtime_ns):
+                count.unchanged += 1
+            else:
+                per_source[folder.source].append(task)
+                count.queued += 1
+
+    batches: list[tuple[int, str, list]] = []
+    for kind in sorted(per_source):
+        tasks = per_source[kind]
+        for start in range(0, len(tasks), settings.task_files):
+            chunk = tasks[start:start + settings.task_files]
+            batches.append((len(batches) + 1, kind, [t.to_json() for t in chunk]))
+
+    files = sum(len(b[2]) for b in batches)
+    defer_index = files >= max(settings.defer_index_files, already)
+    with database.transaction() as conn:
+        run_id = store.create_run(conn, mode=mode, root=placement.root, path=placement.relpath,
+                                  source=source, model=model_key, defer_index=defer_index)
+        if defer_index and model_id is not None:
+            store.drop_vector_index(conn, model_id)
+        store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued)
+                                            for kind, c in counts.items()])
+        store.add_batches(conn, run_id, batches)
+        store.record_scan_problems(conn, run_id, placement.root, problems)
+    return RunPlan(run_id, placement.root, [b[0] for b in batches], files, dict(counts), len(problems),
+                   defer_index)
+
+
+def enqueue(settings: Settings, database: Database, run_id: int, batch_numbers: list[int]) -> int:
+    """Sends one Celery message per batch, then marks the run enqueued. Returns messages sent."""
+    from indexer.worker import QUEUE, make_celery
+
+    app = make_celery(settings)
+    with app.connection_for_write() as connection:
+        for batch_no in batch_numbers:
+            app.send_task("clipdex.embed_batch", args=(run_id, batch_no), queue=QUEUE,
+                          connection=connection)
+    with database.transaction() as conn:
+        finished = store.mark_enqueued(conn, run_id)
+        deferred = conn.execute("SELECT r.defer_index, m.id FROM ingest_runs r JOIN models m ON m.name = r.model "
+                                "WHERE r.id = %s", (run_id,)).fetchone()
+    if finished and deferred and deferred[0]:   # the workers finished before this call did
+        app.send_task("clipdex.build_vector_index", args=(deferred[1],), queue=QUEUE)
+    return len(batch_numbers)
+
+
+def resume(settings: Settings, database: Database, run_id: int) -> int:
+    """Sends again every batch of a run that is not done (after a broker lost its queue)."""
+    with database.connect() as conn:
+        if conn.execute("SELECT 1 FROM ingest_runs WHERE id = %s", (run_id,)).fetchone() is None:
+            raise ValueError(f"there is no run {run_id}")
+        pending = store.pending_batches(conn, run_id)
+    return enqueue(settings, database, run_id, pending)

@@ -1,0 +1,159 @@
+"""Export formats: which files of a folder are photos, and what the export says about each one.
+
+Each source kind has two halves:
+
+- ``plan(folder)`` runs in the producer on names and stat results only: it picks the files to
+  index, drops what is not a photo by name (sidecars, videos, QQ thumbnail copies) and attaches
+  hints (the matched Takeout sidecar, the original of an edited copy, the QQ chat type…).
+- ``describe(task, root_path, cache)`` runs in the worker beside decoding: it reads the small files
+  the hints name (sidecar JSON, album metadata) and returns what the export knows about the file.
+
+Detection looks at folder names: a Google Photos folder (any language) means Takeout, ``DCIM``
+means an iPhone copy, ``Tencent Files`` / ``nt_data`` means QQ; everything else is a plain folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from clipdex.roots import decode_path, display_path, encode_path
+from indexer.scan import ScannedFile, ScannedFolder
+
+SOURCE_KINDS = ("takeout", "iphone", "qq", "folder")
+
+# Extensions that are certainly not still images: skipped by name, silently, in every source.
+NON_IMAGE_EXTENSIONS = frozenset({
+    "json", "aae", "xmp", "mov", "mp4", "m4v", "3gp", "3g2", "avi", "mkv", "webm", "mts", "m2ts",
+    "wmv", "mpg", "mpeg", "flv", "html", "htm", "txt", "csv", "db", "sqlite", "ini", "xml", "plist",
+    "pdf", "zip", "tgz", "gz", "rar", "7z", "tar", "amr", "silk", "slk", "mp3", "wav", "m4a", "aac",
+    "ogg", "opus", "lnk", "url", "exe", "dll", "log", "thm", "lrv", "mp", "js", "css",
+})
+IGNORED_NAMES = frozenset({b".ds_store", b"thumbs.db", b"desktop.ini", b".nomedia", b"icon\r"})
+
+
+def extension(name: str | bytes) -> str:
+    if isinstance(name, bytes):
+        name = display_path(name)
+    stem, dot, ext = name.rpartition(".")
+    return ext.lower() if dot and stem else ""
+
+
+def is_candidate(name: bytes) -> bool:
+    """Whether a file might be a still image by its name (content decides later)."""
+    lowered = name.lower()
+    if lowered in IGNORED_NAMES or lowered.startswith(b"._"):  # AppleDouble resource forks
+        return False
+    return extension(name) not in NON_IMAGE_EXTENSIONS
+
+
+@dataclass(slots=True)
+class FileTask:
+    """One file to index, as it travels from the producer to a worker."""
+
+    relpath: bytes
+    size: int
+    mtime_ns: int
+    album: str | None = None
+    hints: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> list:
+        return [encode_path(self.relpath), self.size, self.mtime_ns, self.album, self.hints]
+
+    @classmethod
+    def from_json(cls, data: list) -> "FileTask":
+        path, size, mtime_ns, album, hints = data
+        return cls(decode_path(path), size, mtime_ns, album, hints)
+
+    @property
+    def name(self) -> str:
+        return display_path(os.path.basename(self.relpath))
+
+
+@dataclass(slots=True)
+class VirtualFolder:
+    """One folder as a source sees it: a key, and the physical folders merged under it.
+
+    Takeout parts extracted side by side hold the same album in several physical folders; QQ NT
+    keeps a month's originals and thumbnails in sibling folders. Everywhere else it is one folder.
+    """
+
+    source: str
+    key: tuple[str, ...]
+    root_components: tuple[str, ...] = ()   # names on the root's own path, for detection rules
+    parts: list[ScannedFolder] = field(default_factory=list)
+
+    def components(self, part: ScannedFolder) -> tuple[str, ...]:
+        """The names on a part's path, root path included."""
+        rel = display_path(part.relpath)
+        return self.root_components + (tuple(rel.split(os.sep)) if rel else ())
+
+    def files(self) -> list[tuple[ScannedFolder, ScannedFile]]:
+        return [(part, f) for part in self.parts for f in part.files]
+
+
+@dataclass(slots=True)
+class Plan:
+    tasks: list[FileTask] = field(default_factory=list)
+    skipped: int = 0  # files that are not photos by name
+
+    def add(self, part: ScannedFolder, f: ScannedFile, album: str | None = None, **hints: Any) -> None:
+        self.tasks.append(FileTask(part.file_relpath(f.name), f.size, f.mtime_ns, album,
+                                   {k: v for k, v in hints.items() if v not in (None, False)}))
+
+
+@dataclass(slots=True)
+class SourceInfo:
+    """What the export says about one file, without looking at its pixels."""
+
+    album: str | None = None
+    source_meta: dict[str, Any] = field(default_factory=dict)   # stored on the location
+    sidecar_time: datetime | None = None                         # a UTC instant from a sidecar
+    latitude: float | None = None
+    longitude: float | None = None
+    description: str | None = None
+    favorite: bool = False
+    image_extra: dict[str, Any] = field(default_factory=dict)   # merged into images.extra
+
+
+class Source(Protocol):
+    kind: str
+
+    def folder_key(self, components: tuple[str, ...], root_depth: int) -> tuple[str, ...]: ...
+
+    def plan(self, folder: VirtualFolder) -> Plan: ...
+
+    def describe(self, task: FileTask, root_path: Path, cache: dict) -> SourceInfo: ...
+
+
+def get_source(kind: str) -> Source:
+    from indexer.sources import folder, iphone, qq, takeout
+
+    return {"takeout": takeout.SOURCE, "iphone": iphone.SOURCE, "qq": qq.SOURCE,
+            "folder": folder.SOURCE}[kind]
+
+
+def detect(components: tuple[str, ...]) -> str:
+    """The source kind of a folder from the names on its path (root path included)."""
+    from indexer.sources import iphone, qq, takeout
+
+    if takeout.photos_root_index(components) is not None:
+        return "takeout"
+    if qq.is_qq_path(components):
+        return "qq"
+    if iphone.is_dcim_path(components):
+        return "iphone"
+    return "folder"
+
+
+def read_small_file(path: bytes, limit: int = 4 << 20) -> bytes | None:
+    """Reads a sidecar or album file; None when it is missing, unreadable or too large."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError:
+        return None
+    return data if len(data) <= limit else None

@@ -1,0 +1,425 @@
+"""Every write the indexer makes, as parameterised SQL.
+
+A batch is written in one transaction with one statement per table (arrays unnested server-side),
+and every statement is an upsert keyed on natural keys: image SHA-256, (root, path), (image,
+model). A batch that is written twice leaves the same rows. Rows are sorted by their key before
+writing so two workers touching the same images lock them in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector
+
+from clipdex.roots import display_path
+
+
+
+class ModelMismatch(RuntimeError):
+    """The database holds vectors of another size under this model's name."""
+
+
+def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str, Any], *,
+                   index: bool = True) -> int:
+    """The model's id (created on first use), with its HNSW index in place unless a bulk load
+    defers it (``index=False``)."""
+    row = conn.execute(
+        "INSERT INTO models (name, dim, spec) VALUES (%s, %s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, dim",
+        (key, dim, json.dumps(spec)),
+    ).fetchone()
+    model_id, stored_dim = row
+    if stored_dim != dim:
+        raise ModelMismatch(
+            f"model {key} produces {dim}-d vectors but the database stores {stored_dim}-d vectors "
+            "under that name; refusing to mix them"
+        )
+    if index:
+        conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
+    # The first model becomes the one psql's functions and `vectors` view use.
+    conn.execute("SELECT clipdex_use_model(%s::smallint) WHERE NOT EXISTS (SELECT 1 FROM models WHERE active)",
+                 (model_id,))
+    return model_id
+
+
+def drop_vector_index(conn: psycopg.Connection, model_id: int) -> None:
+    """Before a bulk load: building the HNSW index once at the end is several times faster than
+    inserting into it row by row (searches meanwhile sort exactly: slower, still right)."""
+    conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_model_{int(model_id)}")
+
+
+def build_vector_index(conn: psycopg.Connection, model_id: int) -> str:
+    return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
+
+
+# --- runs and batches ---------------------------------------------------------------------------
+
+
+def create_run(conn: psycopg.Connection, *, mode: str, root: str, path: bytes, source: str,
+               model: str, defer_index: bool = False) -> int:
+    return conn.execute(
+        "INSERT INTO ingest_runs (mode, root, path, source, model, host, defer_index) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (mode, root, display_path(path), source, model, socket.gethostname(), defer_index),
+    ).fetchone()[0]
+
+
+def embedded_images(conn: psycopg.Connection, model_id: int | None) -> int:
+    if model_id is None:
+        return 0
+    return conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]
+
+
+def model_id(conn: psycopg.Connection, key: str) -> int | None:
+    row = conn.execute("SELECT id FROM models WHERE name = %s", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def record_sources(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple]) -> None:
+    """rows: (source, path, seen, unchanged, skipped, queued), added to what is there."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ingest_sources (run_id, source, path, files_seen, files_unchanged, "
+            "files_skipped, files_queued) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (run_id, source, path) DO UPDATE SET "
+            "files_seen = ingest_sources.files_seen + EXCLUDED.files_seen, "
+            "files_unchanged = ingest_sources.files_unchanged + EXCLUDED.files_unchanged, "
+            "files_skipped = ingest_sources.files_skipped + EXCLUDED.files_skipped, "
+            "files_queued = ingest_sources.files_queued + EXCLUDED.files_queued",
+            [(run_id, *row) for row in rows],
+        )
+
+
+def add_batches(conn: psycopg.Connection, run_id: int, batches: list[tuple[int, str, list]]) -> None:
+    """batches: (batch_no, source, payload of FileTask.to_json() lists)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ingest_batches (run_id, batch_no, source, files, payload) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(run_id, no, source, len(payload), json.dumps(payload)) for no, source, payload in batches],
+        )
+
+
+def mark_enqueued(conn: psycopg.Connection, run_id: int) -> bool:
+    """Marks the scan done; True when that finishes the run (the workers were quicker)."""
+    conn.execute("UPDATE ingest_runs SET enqueued_at = now() WHERE id = %s", (run_id,))
+    return finish_run_if_complete(conn, run_id)
+
+
+def record_scan_problems(conn: psycopg.Connection, run_id: int, root: str,
+                         problems: Iterable[tuple[bytes, str]]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ingest_failures (run_id, root, relpath, relpath_bytes, stage, reason) "
+            "VALUES (%s, %s, %s, %s, 'read', %s) ON CONFLICT (run_id, root, relpath_bytes) DO NOTHING",
+            [(run_id, root, display_path(p), p, reason) for p, reason in problems],
+        )
+
+
+@dataclass
+class BatchWork:
+    run_id: int
+    batch_no: int
+    root: str
+    source: str
+    model: str          # the model key the run asked for
+    state: str
+    payload: list | None
+    defer_index: bool = False
+    model_id: int | None = None
+
+
+def load_batch(conn: psycopg.Connection, run_id: int, batch_no: int) -> BatchWork | None:
+    row = conn.execute(
+        "SELECT r.root, b.source, r.model, b.state, b.payload, r.defer_index FROM ingest_batches b "
+        "JOIN ingest_runs r ON r.id = b.run_id WHERE b.run_id = %s AND b.batch_no = %s",
+        (run_id, batch_no),
+    ).fetchone()
+    if row is None:
+        return None
+    return BatchWork(run_id, batch_no, *row)
+
+
+def start_batch(conn: psycopg.Connection, run_id: int, batch_no: int, worker: str) -> None:
+    conn.execute(
+        "UPDATE ingest_batches SET attempts = attempts + 1, worker = %s, started_at = now(), "
+        "error = NULL WHERE run_id = %s AND batch_no = %s", (worker, run_id, batch_no))
+
+
+def batch_error(conn: psycopg.Connection, run_id: int, batch_no: int, error: str) -> None:
+    conn.execute("UPDATE ingest_batches SET error = %s WHERE run_id = %s AND batch_no = %s",
+                 (error[:2000], run_id, batch_no))
+
+
+def pending_batches(conn: psycopg.Connection, run_id: int) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT batch_no FROM ingest_batches WHERE run_id = %s AND state = 'queued' ORDER BY batch_no",
+        (run_id,))]
+
+
+def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
+    """Sets finished_at once the scan is done and every batch is; the row lock serialises workers.
+    True when this call finished the run (exactly one caller sees True)."""
+    row = conn.execute(
+        "SELECT enqueued_at, finished_at FROM ingest_runs WHERE id = %s FOR UPDATE", (run_id,)
+    ).fetchone()
+    if row is None or row[0] is None or row[1] is not None:
+        return False
+    open_batches = conn.execute(
+        "SELECT count(*) FROM ingest_batches WHERE run_id = %s AND state <> 'done'", (run_id,)
+    ).fetchone()[0]
+    if open_batches:
+        return False
+    conn.execute("UPDATE ingest_runs SET finished_at = now() WHERE id = %s", (run_id,))
+    return True
+
+
+# --- what is already indexed ------------------------------------------------------------------
+
+
+def indexed_files(conn: psycopg.Connection, root: str, model_id: int) -> dict[bytes, tuple[int, int]]:
+    """relpath -> (size, mtime_ns) of files that need no work: embedded with this model, or
+    known not to be images."""
+    known: dict[bytes, tuple[int, int]] = {}
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT l.relpath_bytes, l.byte_size, l.mtime_ns FROM locations l "
+            "WHERE l.root = %s AND EXISTS (SELECT 1 FROM embeddings e "
+            "WHERE e.image_id = l.image_id AND e.model_id = %s) "
+            "UNION ALL SELECT relpath_bytes, byte_size, mtime_ns FROM skipped_files WHERE root = %s",
+            (root, model_id, root),
+        )
+        for relpath, size, mtime_ns in cur:
+            known[bytes(relpath)] = (size, mtime_ns)
+    return known
+
+
+def lookup_image(conn: psycopg.Connection, sha256: bytes, model_id: int) -> tuple[int, bool] | None:
+    """(image id, has a vector for this model) for known bytes, else None."""
+    return conn.execute(
+        "SELECT id, EXISTS (SELECT 1 FROM embeddings e WHERE e.image_id = images.id "
+        "AND e.model_id = %s) FROM images WHERE sha256 = %s",
+        (model_id, sha256),
+    ).fetchone()
+
+
+# --- writing a batch ----------------------------------------------------------------------------
+
+
+@dataclass
+class ImageFacts:
+    """What we know about an image's content; merged into an existing row by trust."""
+
+    taken_at: datetime | None = None
+    taken_at_source: str | None = None
+    utc_offset_minutes: int | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    gps_from_sidecar: bool = False
+    camera_make: str | None = None
+    camera_model: str | None = None
+    description: str | None = None
+    favorite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NewImage:
+    sha256: bytes
+    format: str
+    width: int
+    height: int
+    exif_orientation: int | None
+    byte_size: int
+    facts: ImageFacts
+    embedding: np.ndarray
+    thumbnail: tuple[bytes, int, int]
+
+
+@dataclass
+class LocationRow:
+    sha256: bytes
+    relpath: bytes
+    source: str
+    album: str | None
+    byte_size: int
+    mtime_ns: int
+    source_meta: dict[str, Any]
+
+
+@dataclass
+class BatchOutcome:
+    new_images: list[NewImage] = field(default_factory=list)
+    known_facts: list[tuple[int, ImageFacts]] = field(default_factory=list)  # (image id, facts)
+    locations: list[LocationRow] = field(default_factory=list)
+    known_ids: dict[bytes, int] = field(default_factory=dict)   # sha256 -> id, for known images
+    failures: list[tuple[bytes, str, str, int | None, int | None]] = field(default_factory=list)
+    ignored: list[tuple[bytes, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Merge rules for an image seen again (through another copy of its bytes). {n} is the incoming
+# row, i the stored one: the more trusted capture time wins, a sidecar's place beats EXIF's, the
+# first camera and description stay, a favourite anywhere is a favourite.
+_MERGE = {
+    "taken_at": "CASE WHEN {newer} THEN {n}.taken_at ELSE i.taken_at END",
+    "taken_at_source": "CASE WHEN {newer} THEN {n}.taken_at_source ELSE i.taken_at_source END",
+    "utc_offset_minutes": "CASE WHEN {newer} THEN coalesce({n}.utc_offset_minutes, i.utc_offset_minutes) "
+                          "ELSE coalesce(i.utc_offset_minutes, {n}.utc_offset_minutes) END",
+    "latitude": "CASE WHEN {sidecar_gps} OR i.latitude IS NULL THEN coalesce({n}.latitude, i.latitude) "
+                "ELSE i.latitude END",
+    "longitude": "CASE WHEN {sidecar_gps} OR i.latitude IS NULL THEN coalesce({n}.longitude, i.longitude) "
+                 "ELSE i.longitude END",
+    "camera_make": "coalesce(i.camera_make, {n}.camera_make)",
+    "camera_model": "coalesce(i.camera_model, {n}.camera_model)",
+    "description": "coalesce(i.description, {n}.description)",
+    "favorite": "i.favorite OR {n}.favorite",
+    "extra": "i.extra || {n}.extra",
+}
+
+
+def _merge_assignments(n: str, sidecar_gps: str) -> str:
+    newer = f"clipdex_time_rank({n}.taken_at_source) > clipdex_time_rank(i.taken_at_source)"
+    return ", ".join(f"{col} = " + expr.format(n=n, newer=newer, sidecar_gps=sidecar_gps)
+                     for col, expr in _MERGE.items())
+
+
+_FACT_COLUMNS = ("taken_at", "taken_at_source", "utc_offset_minutes", "latitude", "longitude",
+                 "gps_from_sidecar", "camera_make", "camera_model", "description", "favorite", "extra")
+_FACT_TYPES = ("timestamptz", "text", "smallint", "float8", "float8", "bool", "text", "text", "text",
+               "bool", "jsonb")
+
+
+def _fact_arrays(facts: list[ImageFacts]) -> list[list]:
+    columns = []
+    for name in _FACT_COLUMNS:
+        values = [getattr(f, name) for f in facts]
+        if name == "extra":
+            values = [json.dumps(v) for v in values]
+        columns.append(values)
+    return columns
+
+
+def _unnest(columns: list[tuple[str, str]]) -> str:
+    arrays = ", ".join(f"%s::{typ}[]" for _, typ in columns)
+    names = ", ".join(name for name, _ in columns)
+    return f"unnest({arrays}) AS n({names})"
+
+
+_IMAGE_COLUMNS = [("sha256", "bytea"), ("format", "text"), ("width", "int"), ("height", "int"),
+                  ("exif_orientation", "smallint"), ("byte_size", "bigint")] + list(zip(_FACT_COLUMNS, _FACT_TYPES))
+_STORED = [c for c, _ in _IMAGE_COLUMNS if c != "gps_from_sidecar"]
+
+# New bytes: insert; bytes another worker inserted meanwhile: merge (sidecar GPS is not known
+# for EXCLUDED rows, so the stored place stays).
+INSERT_IMAGES = (
+    f"INSERT INTO images AS i ({', '.join(_STORED)}) "
+    f"SELECT {', '.join('n.' + c for c in _STORED)} FROM {_unnest(_IMAGE_COLUMNS)} "
+    f"ON CONFLICT (sha256) DO UPDATE SET {_merge_assignments('EXCLUDED', 'false')} "
+    "RETURNING i.id, i.sha256"
+)
+
+UPDATE_KNOWN_IMAGES = (
+    f"UPDATE images AS i SET {_merge_assignments('n', 'n.gps_from_sidecar AND n.latitude IS NOT NULL')} "
+    f"FROM {_unnest([('id', 'bigint')] + list(zip(_FACT_COLUMNS, _FACT_TYPES)))} WHERE i.id = n.id"
+)
+
+
+def _halfvec_binary(vector: np.ndarray) -> HalfVector:
+    return HalfVector(vector.astype(np.float16))
+
+
+def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome,
+                worker: str) -> dict[str, int]:
+    """Writes one batch's results and marks it done, in the caller's transaction."""
+    ids = dict(outcome.known_ids)
+    new = sorted(outcome.new_images, key=lambda n: n.sha256)
+    if new:
+        facts = [n.facts for n in new]
+        rows = conn.execute(INSERT_IMAGES, [
+            [n.sha256 for n in new], [n.format for n in new], [n.width for n in new],
+            [n.height for n in new], [n.exif_orientation for n in new], [n.byte_size for n in new],
+            *_fact_arrays(facts)]).fetchall()
+        ids.update({bytes(sha): image_id for image_id, sha in rows})
+        conn.execute(
+            "INSERT INTO embeddings (image_id, model_id, embedding) "
+            "SELECT n.image_id, %s, n.embedding FROM unnest(%s::bigint[], %b::halfvec[]) "
+            "AS n(image_id, embedding) ON CONFLICT DO NOTHING",
+            (work.model_id, [ids[n.sha256] for n in new], [_halfvec_binary(n.embedding) for n in new]))
+        conn.execute(
+            "INSERT INTO thumbnails (image_id, width, height, webp) "
+            "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::smallint[], %b::bytea[]) "
+            "ON CONFLICT DO NOTHING",
+            ([ids[n.sha256] for n in new], [n.thumbnail[1] for n in new],
+             [n.thumbnail[2] for n in new], [n.thumbnail[0] for n in new]))
+    known = sorted(outcome.known_facts, key=lambda item: item[0])
+    if known:
+        conn.execute(UPDATE_KNOWN_IMAGES, [[i for i, _ in known], *_fact_arrays([f for _, f in known])])
+    locations = sorted(outcome.locations, key=lambda loc: loc.relpath)
+    if locations:
+        # Paths seen before with other bytes (the file was edited): their old image may be left
+        # with no copy anywhere, and a search must not offer a photo that exists nowhere.
+        previous = [r[0] for r in conn.execute(
+            "SELECT image_id FROM locations WHERE root = %s AND relpath_bytes = ANY(%b)",
+            (work.root, [loc.relpath for loc in locations]))]
+        conn.execute(
+            "INSERT INTO locations AS l (image_id, root, relpath, relpath_bytes, source, album, byte_size, "
+            "mtime_ns, source_meta, run_id) "
+            "SELECT n.image_id, %s, n.relpath, n.relpath_bytes, n.source, n.album, n.byte_size, n.mtime_ns, "
+            "n.source_meta, %s FROM unnest(%s::bigint[], %s::text[], %b::bytea[], %s::text[], %s::text[], "
+            "%s::bigint[], %s::bigint[], %s::jsonb[]) AS n(image_id, relpath, relpath_bytes, source, album, "
+            "byte_size, mtime_ns, source_meta) "
+            "ON CONFLICT (root, relpath_bytes) DO UPDATE SET image_id = EXCLUDED.image_id, "
+            "source = EXCLUDED.source, album = EXCLUDED.album, byte_size = EXCLUDED.byte_size, "
+            "mtime_ns = EXCLUDED.mtime_ns, source_meta = EXCLUDED.source_meta, run_id = EXCLUDED.run_id, "
+            "updated_at = now()",
+            (work.root, work.run_id, [ids[loc.sha256] for loc in locations],
+             [display_path(loc.relpath) for loc in locations], [loc.relpath for loc in locations],
+             [loc.source for loc in locations], [loc.album for loc in locations],
+             [loc.byte_size for loc in locations], [loc.mtime_ns for loc in locations],
+             [json.dumps(loc.source_meta) for loc in locations]))
+        # A path that now holds an image is no longer a skipped non-image.
+        conn.execute("DELETE FROM skipped_files WHERE root = %s AND relpath_bytes = ANY(%b)",
+                     (work.root, [loc.relpath for loc in locations]))
+        if previous:
+            conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
+                         "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(previous)),))
+    if outcome.failures:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO ingest_failures (run_id, root, relpath, relpath_bytes, source, stage, reason, "
+                "byte_size, mtime_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (run_id, root, relpath_bytes) DO UPDATE SET stage = EXCLUDED.stage, "
+                "reason = EXCLUDED.reason, created_at = now()",
+                [(work.run_id, work.root, display_path(path), path, work.source, stage, reason, size, mtime)
+                 for path, stage, reason, size, mtime in outcome.failures])
+    if outcome.ignored:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO skipped_files (root, relpath_bytes, relpath, byte_size, mtime_ns, reason) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (root, relpath_bytes) DO UPDATE SET "
+                "byte_size = EXCLUDED.byte_size, mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason, "
+                "seen_at = now()",
+                [(work.root, path, display_path(path), size, mtime, why)
+                 for path, size, mtime, why in outcome.ignored])
+    counts = {
+        "images_new": len(new),
+        "images_known": len(outcome.locations) - len(new),
+        "ignored": len(outcome.ignored),
+        "failed": len(outcome.failures),
+    }
+    conn.execute(
+        "UPDATE ingest_batches SET state = 'done', payload = NULL, finished_at = now(), worker = %s, "
+        "images_new = %s, images_known = %s, ignored = %s, failed = %s, timings = %s "
+        "WHERE run_id = %s AND batch_no = %s",
+        (worker, counts["images_new"], counts["images_known"], counts["ignored"], counts["failed"],
+         json.dumps({k: round(v, 4) for k, v in outcome.timings.items()}), work.run_id, work.batch_no))
+    counts["finished_run"] = finish_run_if_complete(conn, work.run_id)
+    return counts

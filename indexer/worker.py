@@ -1,0 +1,101 @@
+"""The Celery application: GPU workers consume batches of file paths from the ``embed`` queue.
+
+Start one worker process per GPU::
+
+    celery -A indexer.worker worker -Q embed --pool solo --concurrency 1
+
+``--pool solo`` keeps the model in the process that consumes the tasks: CUDA must not be
+initialised in a parent that forks children, and the model is loaded lazily on the first task.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import worker_shutdown
+
+from clipdex.config import Settings
+
+QUEUE = "embed"
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for long, idempotent batches that must survive a killed worker."""
+    app = Celery("clipdex", broker=settings.broker_url or "redis://127.0.0.1:6379/0")
+    restore_every = max(1, min(10, settings.task_timeout // 10))
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_acks_late=True,               # ack after the batch is written, not when received
+        task_reject_on_worker_lost=True,   # a killed worker's batch goes back to the queue
+        worker_prefetch_multiplier=1,      # a worker holds one batch at a time
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Redis: an unacknowledged batch returns to the queue after this many seconds.
+            "visibility_timeout": settings.task_timeout,
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+        },
+        worker_hijack_root_logger=False,
+    )
+    app.conf.clipdex_settings = settings
+    _register_tasks(app)
+    return app
+
+
+_runtime = None
+
+
+def _worker_runtime(settings: Settings):
+    """The process's pipeline runtime (database pool, threads, model), built on the first task."""
+    global _runtime
+    if _runtime is None:
+        from indexer.pipeline import Runtime
+
+        _runtime = Runtime(settings)
+    return _runtime
+
+
+@worker_shutdown.connect
+def _close_runtime(**_kwargs) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+def _register_tasks(app: Celery) -> None:
+    import psycopg
+
+    from clipdex.database import DatabaseError
+
+    # The database going away (restart, network) is waited out: the batch is retried with backoff
+    # until it can be written. Nothing was written before the error, so a retry is safe.
+    @app.task(name="clipdex.embed_batch", bind=True, autoretry_for=(psycopg.OperationalError, DatabaseError),
+              retry_backoff=True, retry_backoff_max=30, retry_jitter=False, max_retries=None)
+    def embed_batch(self, run_id: int, batch_no: int) -> dict | None:
+        """Indexes one stored batch. Safe to run twice: a batch that is done is skipped."""
+        from indexer.pipeline import process_batch
+
+        result = process_batch(_worker_runtime(app.conf.clipdex_settings), run_id, batch_no)
+        if result is not None:
+            result.pop("timings", None)
+            if result["build_index"] is not None:
+                build_vector_index.delay(result["build_index"])
+        return result
+
+    @app.task(name="clipdex.build_vector_index", autoretry_for=(psycopg.OperationalError, DatabaseError),
+              retry_backoff=True, retry_backoff_max=30, max_retries=None)
+    def build_vector_index(model_id: int) -> str:
+        """Builds a model's HNSW index after a bulk load (idempotent: IF NOT EXISTS)."""
+        from clipdex.database import open_database
+        from indexer import store
+
+        with open_database(app.conf.clipdex_settings).connect(autocommit=True) as conn:
+            return store.build_vector_index(conn, model_id)
+
+
+app = make_celery(Settings.from_env())

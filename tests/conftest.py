@@ -1,0 +1,156 @@
+"""Shared fixtures: a real embedded PostgreSQL, a tiny real open_clip model, a real Redis.
+
+One embedded server serves the whole session. The schema is migrated once into a template
+database; every test that writes gets its own copy (CREATE DATABASE … TEMPLATE), so tests are
+isolated and still run the real migrations.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from clipdex import database, embedded
+from clipdex.config import Settings
+from clipdex.model import TINY_MODEL_CFG, write_model_folder
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE_DB = "clipdex_template"
+_db_counter = itertools.count()
+
+
+def _with_database(url: str, name: str) -> str:
+    return url.replace(f"/{embedded.DATABASE_NAME}?", f"/{name}?", 1)
+
+
+@pytest.fixture(scope="session")
+def pg_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("clipdex-home")
+    yield home
+    embedded.stop(home)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_home) -> str:
+    """URL of the session's embedded server (its default `clipdex` database)."""
+    return embedded.server_url(pg_home)
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_url) -> str:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    url = _with_database(pg_url, TEMPLATE_DB)
+    database.upgrade(url)
+    return url
+
+
+def fresh_database(pg_url: str, name: str) -> str:
+    """Creates (or recreates) a migrated database on the session server; returns its URL."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    return _with_database(pg_url, name)
+
+
+@pytest.fixture
+def database_url(pg_url, template_url):
+    """A fresh, migrated database for one test."""
+    name = f"test_{os.getpid()}_{next(_db_counter)}"
+    yield fresh_database(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight open_clip model (64-d) written as a real local-dir: folder."""
+    return write_model_folder(tmp_path_factory.mktemp("models") / "tiny-clip", TINY_MODEL_CFG)
+
+
+@pytest.fixture
+def settings(database_url, tiny_model_dir, tmp_path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        database_url=database_url,
+        model=f"local-dir:{tiny_model_dir}",
+        device="cpu",
+    )
+
+
+@pytest.fixture
+def db(settings):
+    return database.open_database(settings)
+
+
+# --- Redis --------------------------------------------------------------------------------------
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+def redis_available() -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url():
+    """A real Redis database of its own (flushed before and after the test)."""
+    if not redis_available():
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (./bootstrap test starts it)")
+    import redis
+
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/7"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+# --- running the CLI as a real process ----------------------------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPDEX_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "clipdex.cli", *args],
+        env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"clipdex {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return settings.to_environ()
+
+
+@pytest.fixture(scope="session")
+def library(pg_url, template_url, tiny_model_dir, tmp_path_factory):
+    """A database with the generated Takeout, iPhone and QQ exports indexed (read-only for tests)."""
+    from tests import libraries as L
+    from indexer.local import index_folder
+
+    tmp_path = tmp_path_factory.mktemp("library")
+    settings = Settings(home=tmp_path / "home", database_url=fresh_database(pg_url, "library"),
+                        model=f"local-dir:{tiny_model_dir}", device="cpu")
+    db = database.open_database(settings)
+    root = tmp_path / "lib"
+    L.takeout_library(root / "export")
+    L.iphone_library(root / "phone")
+    L.qq_library(root / "chat")
+    index_folder(settings, db, root, out=None)
+    return settings, db, root

@@ -1,0 +1,167 @@
+"""The distributed path: a producer, real Celery worker processes, real Redis, embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import psycopg
+import pytest
+
+from clipdex.database import open_database
+from indexer.local import index_folder
+from indexer.producer import enqueue, plan_run
+from tests import libraries as L
+from tests.conftest import fresh_database, run_cli
+from tests.workers import run_finished, start_worker, stop_worker, wait_for, workers
+
+pytestmark = pytest.mark.celery
+
+
+def mixed_library(base):
+    L.takeout_library(base / "export")
+    L.iphone_library(base / "phone")
+    L.qq_library(base / "chat")
+    return base
+
+
+def snapshot(url: str) -> dict:
+    """Everything a run stores, keyed by path, without ids and timestamps of the run itself."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT l.relpath, l.root, l.source, l.album, l.byte_size, l.mtime_ns, l.source_meta, "
+            "encode(i.sha256, 'hex'), i.format, i.width, i.height, i.exif_orientation, i.taken_at, "
+            "i.taken_at_source, i.utc_offset_minutes, i.latitude, i.longitude, i.camera_make, "
+            "i.camera_model, i.description, i.favorite, i.extra, t.width, t.height, length(t.webp) > 0 "
+            "FROM locations l JOIN images i ON i.id = l.image_id JOIN thumbnails t ON t.image_id = i.id").fetchall()
+        vectors = {sha: np.array(vec) for sha, vec in conn.execute(
+            "SELECT encode(i.sha256, 'hex'), e.embedding::vector::float4[] FROM embeddings e "
+            "JOIN images i ON i.id = e.image_id")}
+        totals = conn.execute(
+            "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM locations), "
+            "(SELECT count(*) FROM embeddings), (SELECT count(*) FROM thumbnails)").fetchone()
+    return {"rows": {r[0]: r[1:] for r in rows}, "vectors": vectors, "totals": totals}
+
+
+def test_two_workers_with_different_mounts_index_once_like_local_mode(settings, redis_url, tmp_path,
+                                                                       pg_url, template_url):
+    library = mixed_library(tmp_path / "nas" / "photos")
+    # Three machines, three mount points of the same library (symlinks stand in for mounts).
+    for view in ("producer-view", "mount-a", "mount-b"):
+        os.symlink(library, tmp_path / view)
+    producer = settings.replace(broker_url=redis_url, task_files=4, task_timeout=30,
+                                roots={"photos": tmp_path / "producer-view"})
+    db = open_database(producer)
+    plan = plan_run(producer, db, tmp_path / "producer-view", mode="celery")
+    assert plan.root == "photos" and len(plan.batches) >= 6
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    worker_settings = producer.replace(roots={})
+    with workers(worker_settings, {"a": {"CLIPDEX_ROOTS": f"photos={tmp_path / 'mount-a'}"},
+                                   "b": {"CLIPDEX_ROOTS": f"photos={tmp_path / 'mount-b'}"}}, logs) as procs:
+        enqueue(producer, db, plan.run_id, plan.batches)
+        wait_for(run_finished(db.url, plan.run_id), 180, "the run to finish", procs, logs)
+    with psycopg.connect(db.url) as conn:
+        used = {r[0].split("@")[0] for r in conn.execute(
+            "SELECT DISTINCT b.worker FROM ingest_batches b WHERE run_id = %s", (plan.run_id,))}
+        attempts = conn.execute("SELECT max(attempts) FROM ingest_batches WHERE run_id = %s",
+                                (plan.run_id,)).fetchone()[0]
+    assert len(used) == 2 and attempts == 1      # both workers worked, no batch ran twice
+    distributed = snapshot(db.url)
+
+    # The same tree, indexed in one process into another database, gives the same rows.
+    local_url = fresh_database(pg_url, "local_compare")
+    local_settings = settings.replace(database_url=local_url, roots={"photos": library})
+    index_folder(local_settings, open_database(local_settings), library, out=None)
+    local = snapshot(local_url)
+    assert distributed["totals"] == local["totals"] == (24, 26, 24, 24)
+    assert distributed["rows"].keys() == local["rows"].keys()
+    for path, row in local["rows"].items():
+        assert distributed["rows"][path] == row, path
+    for sha, vector in local["vectors"].items():
+        assert float(vector @ distributed["vectors"][sha]) > 0.999
+
+
+def test_killed_worker_loses_nothing_and_duplicates_nothing(settings, redis_url, tmp_path):
+    library = tmp_path / "lib"
+    # Large enough that a batch takes a while, so the kill lands inside one.
+    for i in range(48):
+        L.write(library / f"day{i % 3}" / f"p{i:02}.png", L.png(100 + i, (900, 700)))
+    producer = settings.replace(broker_url=redis_url, task_files=12, task_timeout=4, defer_index_files=10)
+    db = open_database(producer)
+    plan = plan_run(producer, db, library, mode="celery")
+    assert plan.defer_index   # a bulk load: the worker that finishes it has the index built
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    first = start_worker(producer, "doomed", logs)
+    try:
+        enqueue(producer, db, plan.run_id, plan.batches)
+
+        def batch_in_progress():
+            with psycopg.connect(db.url) as conn:
+                return conn.execute(
+                    "SELECT batch_no FROM ingest_batches WHERE run_id = %s AND state = 'queued' "
+                    "AND started_at IS NOT NULL", (plan.run_id,)).fetchone()
+
+        killed_batch = wait_for(batch_in_progress, 120, "a batch to start", log_dir=logs)[0]
+        stop_worker(first, signal.SIGKILL)
+    finally:
+        stop_worker(first, signal.SIGKILL)
+    with psycopg.connect(db.url) as conn:
+        state = conn.execute("SELECT state FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
+                             (plan.run_id, killed_batch)).fetchone()[0]
+    assert state == "queued"   # the kill interrupted it
+    second = start_worker(producer, "survivor", logs)
+    try:
+        wait_for(run_finished(db.url, plan.run_id), 180, "the run to finish after the kill", log_dir=logs)
+
+        def index_built():
+            with psycopg.connect(db.url) as conn:
+                return conn.execute("SELECT to_regclass('embeddings_hnsw_model_1')").fetchone()[0]
+
+        wait_for(index_built, 60, "the vector index to be built after the bulk load", log_dir=logs)
+    finally:
+        stop_worker(second)
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT relpath) FROM locations").fetchone() == (48, 48)
+        assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (48, 48)
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 48
+        assert conn.execute("SELECT count(*) FROM ingest_failures").fetchone()[0] == 0
+        attempts = conn.execute("SELECT attempts FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
+                                (plan.run_id, killed_batch)).fetchone()[0]
+    assert attempts == 2   # the killed batch was delivered again and finished once
+    out = run_cli("status", str(plan.run_id), env=producer.to_environ()).stdout
+    assert f"run {plan.run_id} [done]" in out and "new 48, duplicates 0" in out and "failed 0" in out
+
+
+def test_enqueue_command_needs_a_broker(settings, tmp_path):
+    L.write(tmp_path / "lib" / "a.jpg", L.jpeg(1))
+    proc = run_cli("enqueue", str(tmp_path / "lib"), env=settings.to_environ(), check=False)
+    assert proc.returncode == 1 and "CLIPDEX_BROKER_URL is not set" in proc.stderr
+
+
+def test_rabbitmq_works_as_the_broker_too(settings, tmp_path):
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    library = tmp_path / "lib"
+    for i in range(30):
+        L.write(library / f"p{i:02}.png", L.png(500 + i))
+    producer = settings.replace(broker_url=broker, task_files=10)
+    from indexer.worker import make_celery
+
+    make_celery(producer).control.purge()          # a queue of its own, emptied
+    db = open_database(producer)
+    plan = plan_run(producer, db, library, mode="celery")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with workers(producer, {"rabbit": {}}, logs):
+        enqueue(producer, db, plan.run_id, plan.batches)
+        wait_for(run_finished(db.url, plan.run_id), 120, "the run over RabbitMQ", log_dir=logs)
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (30, 30)

@@ -1,0 +1,97 @@
+"""docker-compose.yml is checked against the project's real settings and entry points."""
+
+import dataclasses
+import os
+import importlib
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipdex.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_FOR_COMPOSE = {"POSTGRES_PASSWORD": "pw", "CLIPDEX_ACCESS_TOKEN": "t", "CLIPDEX_LIBRARY": "/srv/photos"}
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def _command(service) -> list[str]:
+    cmd = service["command"]
+    return shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+
+
+def test_services_present(compose):
+    assert {"postgres", "redis", "web", "worker", "flower"} <= set(compose["services"])
+    assert compose["services"]["postgres"]["image"].startswith("pgvector/pgvector:")
+
+
+def test_every_clipdex_variable_is_a_real_setting(compose):
+    known = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+    for name, service in compose["services"].items():
+        for key in service.get("environment", {}):
+            if key.startswith("CLIPDEX_"):
+                assert key in known, f"{name}: {key} is not a clipdex setting"
+
+
+def test_celery_services_point_at_the_real_app_and_queue(compose):
+    from celery import Celery
+
+    from indexer import worker
+
+    for name in ("worker", "flower"):
+        cmd = _command(compose["services"][name])
+        assert cmd[0] == "celery"
+        module = importlib.import_module(cmd[cmd.index("-A") + 1])
+        assert isinstance(module.app, Celery)
+    cmd = _command(compose["services"]["worker"])
+    assert cmd[cmd.index("-Q") + 1] == worker.QUEUE
+    assert cmd[cmd.index("--pool") + 1] == "solo"  # CUDA must not be initialised before a fork
+
+
+def test_web_runs_the_real_wsgi_app(compose):
+    from flask import Flask
+
+    cmd = _command(compose["services"]["web"])
+    assert cmd[0] == "gunicorn"
+    target = cmd[-1]
+    module_name, attr = target.split(":")
+    assert isinstance(getattr(importlib.import_module(module_name), attr), Flask)
+    # The app refuses a public address without a token: compose binds 0.0.0.0 and sets one.
+    env = compose["services"]["web"]["environment"]
+    assert cmd[cmd.index("--bind") + 1].split(":")[0] == env["CLIPDEX_WEB_HOST"]
+    assert env["CLIPDEX_ACCESS_TOKEN"].startswith("${CLIPDEX_ACCESS_TOKEN:?")
+
+
+def test_wiring_between_services(compose):
+    services = compose["services"]
+    for name in ("web", "worker", "flower", "migrate"):
+        env = services[name]["environment"]
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("CLIPDEX_")})
+        assert "@postgres:5432/" in settings.database_url
+        assert settings.broker_url.startswith("redis://redis:6379")
+    assert _command(services["migrate"]) == ["clipdex", "db", "upgrade"]
+    # The library is mounted read-only where CLIPDEX_ROOTS says it is.
+    for name in ("web", "worker"):
+        roots = Settings.from_env({"CLIPDEX_ROOTS": services[name]["environment"]["CLIPDEX_ROOTS"]}).roots
+        mounts = [v for v in services[name]["volumes"] if v.endswith(":ro")]
+        assert any(m.split(":")[-2] == str(roots["photos"]) for m in mounts)
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert "pgdata" in compose["volumes"]
+
+
+def test_docker_compose_accepts_the_file():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("Debian's docker-compose is not installed")
+
+    proc = subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+                          env={**os.environ, **ENV_FOR_COMPOSE}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,136 @@
+import socket
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+import pytest
+
+from clipdex import database, embedded
+from clipdex.database import DatabaseError, ServerInfo, check_server
+from tests.conftest import run_cli
+
+TABLES = {"images", "locations", "models", "embeddings", "thumbnails", "ingest_runs", "ingest_sources",
+          "ingest_batches", "ingest_failures", "skipped_files", "text_embeddings", "roots"}
+
+
+def _tables(url):
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_upgrade_downgrade_upgrade_round_trip(database_url):
+    assert TABLES <= _tables(database_url)
+    database.downgrade(database_url, "base")
+    assert _tables(database_url) == {"alembic_version"}
+    database.upgrade(database_url)
+    assert TABLES <= _tables(database_url)
+    with psycopg.connect(database_url) as conn:
+        assert database.current_revision(conn) == database.head_revision()
+
+
+def test_per_model_hnsw_index(database_url):
+    with psycopg.connect(database_url) as conn:
+        model_id = conn.execute("INSERT INTO models (name, dim) VALUES ('m', 3) RETURNING id").fetchone()[0]
+        name = conn.execute("SELECT clipdex_ensure_vector_index(%s)", (model_id,)).fetchone()[0]
+        assert conn.execute("SELECT clipdex_ensure_vector_index(%s)", (model_id,)).fetchone()[0] == name
+        indexdef = conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (name,)).fetchone()[0]
+        assert "USING hnsw" in indexdef and "halfvec_cosine_ops" in indexdef
+        assert f"model_id = {model_id}" in indexdef
+        # The index's cast rejects a vector of the wrong size for this model.
+        image = conn.execute(
+            "INSERT INTO images (sha256, format, width, height, byte_size) "
+            "VALUES (sha256('x'), 'jpeg', 1, 1, 1) RETURNING id").fetchone()[0]
+        with pytest.raises(psycopg.errors.DataException):
+            conn.execute("INSERT INTO embeddings VALUES (%s, %s, '[1,2]')", (image, model_id))
+
+
+def test_filter_columns_are_indexed(database_url):
+    with psycopg.connect(database_url) as conn:
+        defs = " ".join(r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname='public'"))
+    for fragment in ["(taken_at)", "(format)", "(orientation)", "(width)", "(height)", "lower(camera_make)",
+                     "lower(camera_model)", "(latitude, longitude)", "WHERE favorite", "(source, image_id)",
+                     "(album, image_id)", "text_pattern_ops"]:
+        assert fragment in defs, fragment
+
+
+def test_query_key_folds_whitespace(database_url):
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT clipdex_query_key(E'  pink \\t porsche\\n at  night ')").fetchone()[0] \
+            == "pink porsche at night"
+
+
+@pytest.mark.parametrize("info, words", [
+    (ServerInfo("15.19", None, None), ["no pgvector", "install pgvector >= 0.7"]),
+    (ServerInfo("16.1", "0.6.2", "0.6.2"), ["0.6.2 is installed", "needs >= 0.7"]),
+    (ServerInfo("16.1", "0.7.4", "0.6.0"), ["ALTER EXTENSION vector UPDATE"]),
+    (ServerInfo("16.1", "0.5.0", None), ["offers pgvector 0.5.0"]),
+])
+def test_pgvector_check_says_what_is_missing(info, words):
+    with pytest.raises(DatabaseError) as err:
+        check_server(info, "postgresql://u:secret@h/db")
+    for word in words:
+        assert word in str(err.value)
+    assert "secret" not in str(err.value)
+
+
+def test_pgvector_check_accepts_07_and_08():
+    check_server(ServerInfo("16.1", "0.7.0", None), "x")
+    check_server(ServerInfo("18.4", "0.8.5", "0.8.5"), "x")
+
+
+def _system_postgres():
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pytest.skip("no PostgreSQL service on 127.0.0.1:5432")
+    return "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def test_a_server_without_pgvector_is_refused_in_one_sentence(tmp_path):
+    url = _system_postgres()
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name='vector'").fetchone():
+            pytest.skip("this PostgreSQL has pgvector")
+    proc = run_cli("db", "url", env={"CLIPDEX_DATABASE_URL": url, "CLIPDEX_HOME": str(tmp_path)}, check=False)
+    assert proc.returncode == 1
+    assert "has no pgvector extension" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_external_database_behind_head_asks_for_upgrade(pg_url, tmp_path):
+    name = "behind_head"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg_url.replace("/clipdex?", f"/{name}?")
+    env = {"CLIPDEX_DATABASE_URL": url, "CLIPDEX_HOME": str(tmp_path)}
+    proc = run_cli("db", "url", env=env, check=False)
+    assert proc.returncode == 1 and "run `clipdex db upgrade`" in proc.stderr
+    assert f"schema at {database.head_revision()}" in run_cli("db", "upgrade", env=env).stdout
+    assert run_cli("db", "url", env=env).stdout.strip() == url
+
+
+def test_embedded_default_started_twice_in_parallel_gives_one_server(tmp_path):
+    home = tmp_path / "home"
+    env = {"CLIPDEX_HOME": str(home)}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            procs = list(pool.map(lambda _: run_cli("db", "url", env=env, check=False), range(2)))
+        assert [p.returncode for p in procs] == [0, 0], [p.stderr for p in procs]
+        urls = {p.stdout.strip() for p in procs}
+        assert len(urls) == 1
+        url = urls.pop()
+        postmasters = subprocess.run(["pgrep", "-f", f"postgres -D {home / 'pg'}"],
+                                     capture_output=True, text=True).stdout.split()
+        assert len(postmasters) == 1
+        # psql "$(clipdex db url)" shows the schema and the HNSW index of a registered model.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO models (name, dim) VALUES ('m', 4)")
+            conn.execute("SELECT clipdex_ensure_vector_index(1::smallint)")
+        out = subprocess.run([str(embedded.psql_path()), url, "-c", r"\d embeddings"],
+                             capture_output=True, text=True, check=True).stdout
+        assert "embeddings_hnsw_model_1" in out and "hnsw" in out
+        # Later commands reuse the running server.
+        assert run_cli("db", "url", env=env).stdout.strip() == url
+    finally:
+        embedded.stop(home)

@@ -1,0 +1,95 @@
+"""The HTML pages (search, detail, status) and the image bytes: thumbnails from the database,
+originals and previews by image id only."""
+
+from __future__ import annotations
+
+import io
+import os
+
+from flask import Blueprint, Response, redirect, render_template, request, send_file
+
+from clipdex import catalog, status
+from clipdex.search import check_image_id
+from webapp.api import similar
+from webapp.runtime import runtime
+
+bp = Blueprint("pages", __name__)
+YEAR = 365 * 24 * 3600
+PREVIEW_SIDE = 1600
+
+
+@bp.get("/")
+def search_page():
+    with runtime().connection() as conn:
+        facets = catalog.facets(conn)
+    return render_template("search.html", facets=facets)
+
+
+@bp.get("/images/<int:image_id>")
+def detail_page(image_id: int):
+    check_image_id(image_id)
+    with runtime().connection() as conn:
+        detail = catalog.image_detail(conn, image_id)
+    hits = [h for h in similar(image_id).hits if h.id != image_id]
+    return render_template("detail.html", image=detail, similar=hits)
+
+
+@bp.get("/status")
+def status_page():
+    with runtime().connection() as conn:
+        runs = status.list_runs(conn, limit=20)
+        failures = status.failures(conn, runs[0].id, limit=50) if runs else []
+    return render_template("status.html", runs=runs, failures=failures)
+
+
+@bp.get("/thumbnails/<int:image_id>.webp")
+def thumbnail(image_id: int):
+    check_image_id(image_id)
+    with runtime().connection() as conn:
+        data = catalog.thumbnail(conn, image_id)
+    response = Response(data, mimetype="image/webp")
+    # An image id always names the same bytes, so its thumbnail never changes.
+    response.headers["Cache-Control"] = f"public, max-age={YEAR}, immutable"
+    response.set_etag(f"t{image_id}")
+    return response.make_conditional(request)
+
+
+MIMETYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+             "heif": "image/heic", "avif": "image/avif", "bmp": "image/bmp", "tiff": "image/tiff"}
+
+
+@bp.get("/images/<int:image_id>/original")
+def original(image_id: int):
+    check_image_id(image_id)
+    rt = runtime()
+    with rt.connection() as conn:
+        found = catalog.find_original(rt.settings, conn, image_id)
+    response = send_file(os.fsdecode(found.path), mimetype=MIMETYPES[found.format], conditional=True,
+                         as_attachment=request.args.get("download") == "1", download_name=found.name)
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.get("/images/<int:image_id>/preview")
+def preview(image_id: int):
+    """A large JPEG for the detail page, made from the original; the thumbnail when it is away."""
+    from PIL import Image
+
+    from clipdex.imaging import DecodeFailure, NotAnImage, decode
+    from clipdex.search import NotFound
+
+    check_image_id(image_id)
+    rt = runtime()
+    try:
+        with rt.connection() as conn:
+            found = catalog.find_original(rt.settings, conn, image_id)
+        with open(found.path, "rb") as handle:
+            image = decode(handle.read(), min_side=PREVIEW_SIDE, max_pixels=rt.settings.max_pixels).image
+    except (NotFound, NotAnImage, DecodeFailure, OSError):
+        return redirect(f"/thumbnails/{image_id}.webp")
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    response = Response(out.getvalue(), mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
