@@ -342,7 +342,7 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, lim
     """Search by TEXTS (`red car^2` weighs a text), example images and filters."""
     from clipdex.database import open_database
     from clipdex.model import LazyModel, ModelSpec
-    from clipdex.search import Filters, QueryError, QuerySpec, search, split_weight
+    from clipdex.search import Filters, QueryError, QuerySpec, parse_like_term, search, split_weight
 
     settings = settings_of(ctx)
     try:
@@ -352,12 +352,7 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, lim
             if not sep:
                 raise QueryError(f"--filter {item!r}: expected NAME=VALUE")
             params.setdefault(name.strip(), []).append(value)
-        like_ids = []
-        for term in likes:
-            value, weight = split_weight(term)
-            if not value.isdigit():
-                raise QueryError(f"--like {term!r}: expected an image id")
-            like_ids.append((int(value), weight))
+        like_ids = [parse_like_term(term) for term in likes]
         spec = QuerySpec([split_weight(t) for t in texts], [split_weight(t) for t in negatives], like_ids,
                          [(Path(p).read_bytes(), 1.0) for p in images])
         database = open_database(settings)

@@ -259,6 +259,18 @@ def split_weight(term: str, default: float = 1.0) -> tuple[str, float]:
     return match.group(1).strip(), weight
 
 
+def parse_like_term(term: str) -> tuple[int, float]:
+    """'123^0.5' -> (123, 0.5): an indexed image's id with an optional weight.
+
+    Only ASCII digits count: str.isdigit() also accepts '¹' or '٣', which int() refuses or reads
+    differently, and an id past bigint would fail in the database instead of here.
+    """
+    value, weight = split_weight(term)
+    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) > 2**63 - 1:
+        raise QueryError(f"like: expected an image id (a whole number), got {value!r}")
+    return int(value), weight
+
+
 @dataclass
 class QuerySpec:
     """What to look for: each part is (value, weight); negatives are subtracted."""

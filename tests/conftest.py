@@ -16,10 +16,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from clipdex import database, embedded
 from clipdex.config import Settings
 from clipdex.model import TINY_MODEL_CFG, write_model_folder
+
+# The fuzz tests draw the same examples on every run, so a CI result says something about the commit,
+# not about the dice. CLIPDEX_FUZZ=explore draws new ones (and remembers failures in .hypothesis/).
+hypothesis_settings.register_profile("repeatable", derandomize=True, database=None)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile("explore" if os.environ.get("CLIPDEX_FUZZ") == "explore" else "repeatable")
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "clipdex_template"

@@ -18,6 +18,8 @@ def test_search_prints_a_table_and_json_lines(library):
     assert first["path"] == "phone/DCIM/105APPLE/IMG_0001.JPG" and first["score"] > 0.99
     more = run_cli("search", "--cursor", tail["next_cursor"], "--json", env=env).stdout.splitlines()
     assert json.loads(more[0])["id"] != first["id"] and len(more) == 3
+    alike = run_cli("search", "--like", f"{first['id']}^2", "--limit", "1", "--json", env=env).stdout
+    assert json.loads(alike.splitlines()[0])["id"] == first["id"]
 
 
 def test_search_errors_are_one_line(library):
@@ -26,6 +28,9 @@ def test_search_errors_are_one_line(library):
     assert bad.returncode == 2 and "unknown filter 'colour'" in bad.stderr and "Traceback" not in bad.stderr
     empty = run_cli("search", env=settings.to_environ(), check=False)
     assert empty.returncode == 2 and "empty query" in empty.stderr
+    for like in ("¹", "9223372036854775808", "red"):
+        bad_like = run_cli("search", "--like", like, env=settings.to_environ(), check=False)
+        assert bad_like.returncode == 2 and "expected an image id" in bad_like.stderr, bad_like.stderr
 
 
 def test_embed_text_fills_the_cache_for_psql(library):

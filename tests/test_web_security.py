@@ -43,7 +43,7 @@ HOSTILE = st.one_of(
     st.text(max_size=60),
     st.sampled_from(["' OR 1=1 --", "'; DROP TABLE images; --", "../../etc/passwd", "%00", "\x00", "NaN",
                      "-1", "1e309", "99999999999999999999999999", "2023-02-30", "null", "[]", "{}", "^",
-                     "x^1e400", "a^-0", "true", "", " ", "🦄" * 50, "\ud800".encode("utf-8", "surrogatepass")
+                     "x^1e400", "a^-0", "true", "¹", "٣", "7^²", "٣^٣", "9223372036854775808", "", " ", "🦄" * 50, "\ud800".encode("utf-8", "surrogatepass")
                      .decode("utf-8", "replace")]),
 )
 NAMES = st.sampled_from(["q", "not", "like", "limit", "cursor", "taken_from", "taken_to", "source", "album",
@@ -84,6 +84,18 @@ def test_fuzzed_paths_never_fail_on_the_server(app, tail):
     for prefix in ("/api/images/", "/images/", "/thumbnails/", "/api/status/", "/"):
         assert_clean(client.get(prefix + quote(tail, safe="/.")))
         assert_clean(client.get(prefix + quote(tail, safe="")))
+
+
+@pytest.mark.parametrize("like", ["¹", "²^2", "٣", "12a", "-4", "9223372036854775808", "1" * 40, "^2", "1^0"])
+def test_a_bad_image_id_is_a_client_error(app, like):
+    """Found by Schemathesis: '¹'.isdigit() is true but int('¹') raises, which once gave a 500."""
+    client = app.test_client()
+    for response in (client.get("/api/search", query_string={"like": like}),
+                     client.post("/api/search", data={"like": like}),
+                     client.post("/api/search", json={"like": [like]})):
+        assert response.status_code == 400, (like, response.get_data(as_text=True))
+        assert_clean(response)
+        assert "like" in response.get_json()["error"]["message"] or "weight" in response.get_json()["error"]["message"]
 
 
 def test_schemathesis_finds_no_server_error(app):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from clipdex.search import DEFAULT_PAGE, MAX_PAGE, Filters, QueryError, QuerySpec, split_weight
+from clipdex.search import DEFAULT_PAGE, MAX_PAGE, Filters, QueryError, QuerySpec, parse_like_term, split_weight
 
 QUERY_NAMES = ("q", "not", "like", "limit", "cursor", "token")
 MAX_TERMS = 16
@@ -60,10 +60,7 @@ def parse_search(request: Request, max_upload_bytes: int) -> SearchRequest:
     for term in params.pop("like", []):
         if not term.strip():
             continue
-        value, weight = split_weight(term)
-        if not value.isdigit():
-            raise QueryError(f"like: expected an image id, got {value!r}")
-        likes.append((int(value), weight))
+        likes.append(parse_like_term(term))
     uploads = []
     for upload in request.files.getlist("image") if not request.is_json else []:
         data = upload.read(max_upload_bytes + 1)
