@@ -262,13 +262,15 @@ def split_weight(term: str, default: float = 1.0) -> tuple[str, float]:
 def parse_like_term(term: str) -> tuple[int, float]:
     """'123^0.5' -> (123, 0.5): an indexed image's id with an optional weight.
 
-    Only ASCII digits count: str.isdigit() also accepts '¹' or '٣', which int() refuses or reads
-    differently, and an id past bigint would fail in the database instead of here.
+    Only ASCII digits count: str.isdigit() also accepts '¹', which int() refuses. A number past
+    bigint is a well-formed id of no image (404, as for /api/images/<id>), and never reaches int().
     """
     value, weight = split_weight(term)
-    if not re.fullmatch(r"[0-9]{1,19}", value) or int(value) > 2**63 - 1:
+    if not re.fullmatch(r"[0-9]+", value):
         raise QueryError(f"like: expected an image id (a whole number), got {value!r}")
-    return int(value), weight
+    if len(value) > len(str(MAX_ID)):
+        raise NotFound(f"there is no image {value[:24]}{'…' if len(value) > 24 else ''}")
+    return check_image_id(int(value)), weight
 
 
 @dataclass

@@ -50,7 +50,9 @@ def test_two_workers_with_different_mounts_index_once_like_local_mode(settings, 
     # Three machines, three mount points of the same library (symlinks stand in for mounts).
     for view in ("producer-view", "mount-a", "mount-b"):
         os.symlink(library, tmp_path / view)
-    producer = settings.replace(broker_url=redis_url, task_files=4, task_timeout=30,
+    # Redis hands an unacknowledged batch to another worker after task_timeout even when its worker
+    # is alive: keep it well above a slow batch (the first one loads the model) on a busy machine.
+    producer = settings.replace(broker_url=redis_url, task_files=4, task_timeout=120,
                                 roots={"photos": tmp_path / "producer-view"})
     db = open_database(producer)
     plan = plan_run(producer, db, tmp_path / "producer-view", mode="celery")

@@ -28,7 +28,7 @@ def test_search_errors_are_one_line(library):
     assert bad.returncode == 2 and "unknown filter 'colour'" in bad.stderr and "Traceback" not in bad.stderr
     empty = run_cli("search", env=settings.to_environ(), check=False)
     assert empty.returncode == 2 and "empty query" in empty.stderr
-    for like in ("¹", "9223372036854775808", "red"):
+    for like in ("¹", "red", "-3"):
         bad_like = run_cli("search", "--like", like, env=settings.to_environ(), check=False)
         assert bad_like.returncode == 2 and "expected an image id" in bad_like.stderr, bad_like.stderr
 
