@@ -188,27 +188,41 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 def _print_plan(plan) -> None:
     for kind, count in sorted(plan.sources.items()):
-        if not count.seen:
-            continue
-        where = f" at {count.path}" if count.path else ""
-        click.echo(f"  {kind}{where}: {count.seen} files, {count.queued} to index, "
-                   f"{count.unchanged} unchanged, {count.skipped} not photos by name", err=True)
+        if count.seen:
+            where = f" at {count.path}" if count.path else ""
+            click.echo(f"  {kind}{where}: {count.seen} files, {count.queued} to index, "
+                       f"{count.unchanged} unchanged, {count.skipped} not photos by name", err=True)
+        if count.gone:
+            click.echo(f"  {kind}: forgot {count.gone} files no longer on disk", err=True)
+    if plan.missing_kept:
+        click.echo(f"  kept {plan.missing_kept} indexed files that are no longer on disk (see the log)", err=True)
     if plan.problems:
         click.echo(f"  {plan.problems} files or folders could not be read (clipdex status "
                    f"{plan.run_id} --failures)", err=True)
+
+
+KEEP_MISSING = click.option(
+    "--keep-missing", is_flag=True,
+    help="Keep files indexed earlier that are gone from PATH (default: forget them).")
+
+
+def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
+    settings = settings_of(ctx)
+    return settings.replace(forget_missing=False) if keep_missing else settings
 
 
 @cli.command("index")
 @click.argument("path", type=FOLDER)
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True,
               help="Export format; auto detects it per folder.")
+@KEEP_MISSING
 @click.pass_context
-def index(ctx: click.Context, path, source: str) -> None:
+def index(ctx: click.Context, path, source: str, keep_missing: bool) -> None:
     """Index PATH in this process (no broker): the same pipeline the workers run."""
     from clipdex.database import open_database
     from indexer.local import index_folder
 
-    settings = settings_of(ctx)
+    settings = _run_settings(ctx, keep_missing)
     database = open_database(settings)
     result = index_folder(settings, database, path, source=source, out=sys.stderr)
     plan = result.plan
@@ -233,13 +247,14 @@ def _need_broker(settings: Settings) -> None:
 @cli.command("enqueue")
 @click.argument("path", type=FOLDER)
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True)
+@KEEP_MISSING
 @click.pass_context
-def enqueue_cmd(ctx: click.Context, path, source: str) -> None:
+def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool) -> None:
     """Scan PATH and queue its new files for the Celery workers; prints the run id."""
     from clipdex.database import open_database
     from indexer.producer import enqueue, plan_run
 
-    settings = settings_of(ctx)
+    settings = _run_settings(ctx, keep_missing)
     _need_broker(settings)
     database = open_database(settings)
     plan = plan_run(settings, database, path, source=source, mode="celery")
@@ -316,7 +331,7 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
         for s in run.sources:
             click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}, "
                        f"queued {s.queued}, done {s.processed}, new {s.new}, duplicates {s.duplicates}, "
-                       f"not images {s.ignored}, failed {s.failed}")
+                       f"not images {s.ignored}, failed {s.failed}, gone {s.gone}")
         if run.scan_failures:
             click.echo(f"  {run.scan_failures} paths could not be scanned")
         for error in run.errors:

@@ -146,6 +146,13 @@ class Settings:
         "builds the model's HNSW index once at its end instead of updating it image by image.",
         _parse_int("CLIPDEX_DEFER_INDEX_FILES", 1),
     )
+    forget_missing: bool = _setting(
+        "CLIPDEX_FORGET_MISSING", True,
+        "A run forgets the files indexed under the folder it scans that are no longer there (a photo "
+        "with no copy left leaves the index). Off: keep them (`--keep-missing` for one run). A scan "
+        "that finds no file at all, or cannot read a folder, forgets nothing there.",
+        _parse_bool("CLIPDEX_FORGET_MISSING"),
+    )
     task_timeout: int = _setting(
         "CLIPDEX_TASK_TIMEOUT", 3600,
         "Seconds a Celery batch may stay unacknowledged before Redis hands it to another worker "

@@ -18,6 +18,7 @@ class SourceStatus:
     unchanged: int       # already indexed with the same size and mtime
     skipped: int         # not photos by name (sidecars, videos, thumbnail copies)
     queued: int          # sent to be processed
+    gone: int            # indexed before, no longer on disk: forgotten
     processed: int = 0   # files of finished batches
     new: int = 0         # images embedded for the first time
     duplicates: int = 0  # bytes already indexed: a new location of a known image
@@ -79,14 +80,14 @@ FROM ingest_runs r
 """
 
 _SOURCES = """
-SELECT s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued,
+SELECT s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone,
        coalesce(sum(b.files) FILTER (WHERE b.state = 'done'), 0),
        coalesce(sum(b.images_new), 0), coalesce(sum(b.images_known), 0),
        coalesce(sum(b.ignored), 0), coalesce(sum(b.failed), 0)
 FROM ingest_sources s
 LEFT JOIN ingest_batches b ON b.run_id = s.run_id AND b.source = s.source
 WHERE s.run_id = %s
-GROUP BY s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued
+GROUP BY s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone
 ORDER BY s.source
 """
 

@@ -1,5 +1,6 @@
 """Plans an ingest run: walk the folder (stat only), let each source pick its files, leave out
-what is already indexed, and store the work as batches of a few hundred files.
+what is already indexed, forget what was indexed under the folder and is gone from it, and store
+the work as batches of a few hundred files.
 
 The batches live in ``ingest_batches``: the database is the work list. ``clipdex enqueue`` then
 sends one small Celery message per batch (run id, batch number); ``clipdex index`` runs the same
@@ -33,6 +34,7 @@ class SourceCount:
     unchanged: int = 0
     skipped: int = 0
     queued: int = 0
+    gone: int = 0        # indexed before, no longer on disk: forgotten
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RunPlan:
     sources: dict[str, SourceCount] = field(default_factory=dict)
     problems: int = 0
     defer_index: bool = False   # a bulk load: the model's HNSW index is built when it ends
+    missing_kept: int = 0       # gone from disk, yet kept (CLIPDEX_FORGET_MISSING off, or nothing found)
 
 
 def _components(path: Path) -> tuple[str, ...]:
@@ -67,6 +70,31 @@ def group_folders(placement: roots.Placement, source: str,
     return list(groups.values())
 
 
+def missing_files(located: list[tuple[bytes, str]], folders: list[ScannedFolder],
+                  problems: list[tuple[bytes, str]]) -> list[tuple[bytes, str]]:
+    """The stored (relpath, source) pairs the scan no longer found.
+
+    A path under a folder the scan could not read (or the unreadable path itself) is not missing:
+    nothing is known about it, and an unmounted or unreadable share must never empty the index.
+    """
+    by_folder: dict[bytes, list[tuple[bytes, bytes, str]]] = defaultdict(list)
+    for relpath, kind in located:
+        parent, name = os.path.split(relpath)
+        by_folder[parent].append((name, relpath, kind))
+    missing: list[tuple[bytes, str]] = []
+    for folder in folders:
+        stored = by_folder.pop(folder.relpath, None)
+        if stored:
+            names = {f.name for f in folder.files}
+            missing.extend((relpath, kind) for name, relpath, kind in stored if name not in names)
+    for stored in by_folder.values():   # folders the scan did not meet: deleted, or unreadable
+        missing.extend((relpath, kind) for _name, relpath, kind in stored)
+    blind = {p for p, _ in problems}
+    blind_folders = tuple(p + b"/" for p in blind)
+    return [(relpath, kind) for relpath, kind in missing
+            if relpath not in blind and not relpath.startswith(blind_folders)]
+
+
 def plan_run(settings: Settings, database: Database, path: Path, *, source: str = "auto",
              mode: str = "local") -> RunPlan:
     """Scans ``path`` and records a run with its batches; returns what was planned."""
@@ -78,6 +106,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         model_id = store.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
         already = store.embedded_images(conn, model_id)
+        located = store.located_files(conn, placement.root, placement.relpath)
 
     folders: list[ScannedFolder] = []
     problems: list[tuple[bytes, str]] = []
@@ -111,6 +140,16 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
             chunk = tasks[start:start + settings.task_files]
             batches.append((len(batches) + 1, kind, [t.to_json() for t in chunk]))
 
+    gone = missing_files(located, folders, problems)
+    forget = settings.forget_missing and any(folder.files for folder in folders)
+    if gone and not forget:
+        log.warning("%d indexed files are no longer under %s; kept (%s)", len(gone), placement.root_path,
+                    "CLIPDEX_FORGET_MISSING is off" if not settings.forget_missing
+                    else "the scan found no file at all: is the disk mounted?")
+    if forget:
+        for _relpath, kind in gone:
+            counts[kind].gone += 1
+
     files = sum(len(b[2]) for b in batches)
     defer_index = files >= max(settings.defer_index_files, already)
     with database.transaction() as conn:
@@ -118,12 +157,14 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
                                   source=source, model=model_key, defer_index=defer_index)
         if defer_index and model_id is not None:
             store.drop_vector_index(conn, model_id)
-        store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued)
-                                            for kind, c in counts.items()])
+        if forget and gone:
+            store.forget_files(conn, placement.root, [relpath for relpath, _ in gone])
+        store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued,
+                                             c.gone) for kind, c in counts.items()])
         store.add_batches(conn, run_id, batches)
         store.record_scan_problems(conn, run_id, placement.root, problems)
     return RunPlan(run_id, placement.root, [b[0] for b in batches], files, dict(counts), len(problems),
-                   defer_index)
+                   defer_index, 0 if forget else len(gone))
 
 
 def enqueue(settings: Settings, database: Database, run_id: int, batch_numbers: list[int]) -> int:

@@ -83,16 +83,17 @@ def model_id(conn: psycopg.Connection, key: str) -> int | None:
 
 
 def record_sources(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple]) -> None:
-    """rows: (source, path, seen, unchanged, skipped, queued), added to what is there."""
+    """rows: (source, path, seen, unchanged, skipped, queued, gone), added to what is there."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO ingest_sources (run_id, source, path, files_seen, files_unchanged, "
-            "files_skipped, files_queued) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "files_skipped, files_queued, files_gone) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id, source, path) DO UPDATE SET "
             "files_seen = ingest_sources.files_seen + EXCLUDED.files_seen, "
             "files_unchanged = ingest_sources.files_unchanged + EXCLUDED.files_unchanged, "
             "files_skipped = ingest_sources.files_skipped + EXCLUDED.files_skipped, "
-            "files_queued = ingest_sources.files_queued + EXCLUDED.files_queued",
+            "files_queued = ingest_sources.files_queued + EXCLUDED.files_queued, "
+            "files_gone = ingest_sources.files_gone + EXCLUDED.files_gone",
             [(run_id, *row) for row in rows],
         )
 
@@ -199,6 +200,33 @@ def indexed_files(conn: psycopg.Connection, root: str, model_id: int) -> dict[by
         for relpath, size, mtime_ns in cur:
             known[bytes(relpath)] = (size, mtime_ns)
     return known
+
+
+def located_files(conn: psycopg.Connection, root: str, folder: bytes) -> list[tuple[bytes, str]]:
+    """(relpath, source) of every location stored under ``folder`` of ``root`` (b"" = all)."""
+    if not folder:
+        rows = conn.execute("SELECT relpath_bytes, source FROM locations WHERE root = %s", (root,))
+    else:
+        # Everything whose path starts with b"folder/": the byte range [folder/, folder0), as '0'
+        # follows '/', which the (root, relpath_bytes) index answers.
+        rows = conn.execute(
+            "SELECT relpath_bytes, source FROM locations WHERE root = %s "
+            "AND relpath_bytes >= %b AND relpath_bytes < %b",
+            (root, folder + b"/", folder + b"0"))
+    return [(bytes(relpath), source) for relpath, source in rows]
+
+
+def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes]) -> None:
+    """Removes the locations of files no longer on disk, then every image left with no location
+    (its vectors and thumbnail go with it): a search must not offer a photo that exists nowhere."""
+    for start in range(0, len(relpaths), 10_000):
+        chunk = relpaths[start:start + 10_000]
+        images = [r[0] for r in conn.execute(
+            "DELETE FROM locations WHERE root = %s AND relpath_bytes = ANY(%b) RETURNING image_id",
+            (root, chunk))]
+        if images:
+            conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
+                         "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(images)),))
 
 
 def lookup_image(conn: psycopg.Connection, sha256: bytes, model_id: int) -> tuple[int, bool] | None:

@@ -12,6 +12,7 @@ import psycopg
 from clipdex.status import get_run
 from indexer.local import index_folder
 from tests import libraries as L
+from tests.conftest import run_cli
 
 UTC = timezone.utc
 
@@ -211,6 +212,61 @@ def test_rerun_does_no_model_work_and_a_copy_becomes_a_location(settings, db, tm
         assert conn.execute("SELECT count(*) FROM images WHERE id = %s", (old_id,)).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 6
         assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 6   # cascaded
+
+
+def test_files_gone_from_disk_are_forgotten_and_only_those(settings, db, tmp_path):
+    root = L.iphone_library(tmp_path / "lib")
+    shutil.copy(root / "DCIM/100APPLE/IMG_0002.JPG", root / "copy of IMG_0002.JPG")
+    index(settings, db, root)
+    rows = located(db.url)
+    assert len(rows) == 6 and counts(db.url)["images"] == 5
+    (root / "DCIM/100APPLE/IMG_0002.JPG").unlink()        # its copy remains: the image stays
+    (root / "DCIM/100APPLE/IMG_0003.PNG").unlink()        # the only copy: the image goes
+    (root / "DCIM/105APPLE/IMG_0001.JPG").unlink()        # now a broken link: unreadable, not gone
+    os.symlink(root / "nowhere.jpg", root / "DCIM/105APPLE/IMG_0001.JPG")
+    second = index(settings, db, root)
+    assert sum(c.gone for c in second.plan.sources.values()) == 2 and second.plan.missing_kept == 0
+    assert set(located(db.url)) == {"DCIM/100APPLE/IMG_0001.HEIC", "DCIM/100APPLE/IMG_E0001.JPG",
+                                    "DCIM/105APPLE/IMG_0001.JPG", "copy of IMG_0002.JPG"}
+    assert located(db.url)["copy of IMG_0002.JPG"]["id"] == rows["DCIM/100APPLE/IMG_0002.JPG"]["id"]
+    assert {k: v for k, v in counts(db.url).items() if k != "skipped_files"} == {
+        "images": 4, "locations": 4, "embeddings": 4, "thumbnails": 4}
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM images WHERE id = %s",
+                            (rows["DCIM/100APPLE/IMG_0003.PNG"]["id"],)).fetchone()[0] == 0
+        assert sum(s.gone for s in get_run(conn, second.plan.run_id).sources) == 2
+
+    # Indexing a subfolder looks only inside it.
+    (root / "copy of IMG_0002.JPG").unlink()
+    (root / "DCIM/100APPLE/IMG_E0001.JPG").unlink()
+    third = index(settings, db, root / "DCIM/100APPLE")
+    assert sum(c.gone for c in third.plan.sources.values()) == 1
+    assert set(located(db.url)) == {"DCIM/100APPLE/IMG_0001.HEIC", "DCIM/105APPLE/IMG_0001.JPG",
+                                    "copy of IMG_0002.JPG"}
+
+    # Told to keep them, or finding no file at all (an unmounted share), a run forgets nothing.
+    kept = index(settings.replace(forget_missing=False), db, root)
+    assert kept.plan.missing_kept == 1 and "copy of IMG_0002.JPG" in located(db.url)
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    empty = index(settings, db, root)
+    assert empty.plan.missing_kept == 3 and len(located(db.url)) == 3
+    assert sum(c.gone for c in empty.plan.sources.values()) == 0
+
+
+def test_the_cli_says_what_it_forgot_or_kept(settings, db, tmp_path):
+    root = L.iphone_library(tmp_path / "lib")
+    env = settings.to_environ()
+    run_cli("index", str(root), env=env)
+    (root / "DCIM/100APPLE/IMG_0003.PNG").unlink()
+    kept = run_cli("index", str(root), "--keep-missing", env=env)
+    assert "kept 1 indexed files that are no longer on disk" in kept.stderr and "forgot" not in kept.stderr
+    assert "DCIM/100APPLE/IMG_0003.PNG" in located(db.url)
+    forgot = run_cli("index", str(root), env=env)
+    assert "iphone: forgot 1 files no longer on disk" in forgot.stderr
+    assert "DCIM/100APPLE/IMG_0003.PNG" not in located(db.url)
+    run_id = forgot.stderr.split("run ", 1)[1].split(" ", 1)[0]
+    assert "gone 1" in run_cli("status", run_id, env=env).stdout
 
 
 def test_same_photo_in_takeout_and_iphone_is_one_image(settings, db, tmp_path):
