@@ -224,9 +224,14 @@ def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes]) -> 
         images = [r[0] for r in conn.execute(
             "DELETE FROM locations WHERE root = %s AND relpath_bytes = ANY(%b) RETURNING image_id",
             (root, chunk))]
-        if images:
-            conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
-                         "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(images)),))
+        delete_orphan_images(conn, images)
+
+
+def delete_orphan_images(conn: psycopg.Connection, image_ids: list[int]) -> None:
+    """Deletes those of ``image_ids`` left with no location (vectors and thumbnail cascade)."""
+    if image_ids:
+        conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
+                     "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(image_ids)),))
 
 
 def lookup_image(conn: psycopg.Connection, sha256: bytes, model_id: int) -> tuple[int, bool] | None:
@@ -416,9 +421,7 @@ def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome
         # A path that now holds an image is no longer a skipped non-image.
         conn.execute("DELETE FROM skipped_files WHERE root = %s AND relpath_bytes = ANY(%b)",
                      (work.root, [loc.relpath for loc in locations]))
-        if previous:
-            conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
-                         "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(previous)),))
+        delete_orphan_images(conn, previous)
     if outcome.failures:
         with conn.cursor() as cur:
             cur.executemany(
