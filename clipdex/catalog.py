@@ -3,16 +3,18 @@ and the values the filter panel offers."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 
 from clipdex.config import Settings
+from clipdex.files import FileRefused, open_regular, read_capped
 from clipdex.roots import RootError, absolute, known_roots, local_root
-from clipdex.search import NotFound
+from clipdex.search import Conflict, NotFound
 
 
 def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
@@ -46,37 +48,77 @@ def thumbnail(conn: psycopg.Connection, image_id: int) -> bytes:
     return bytes(row[0])
 
 
-@dataclass(frozen=True)
+VERIFY_HASH_MAX_BYTES = 64 << 20   # originals up to this size are hashed before being served
+
+
+@dataclass
 class Original:
-    path: bytes
+    """An opened original: its bytes when they were checked against the image's SHA-256 (files up
+    to VERIFY_HASH_MAX_BYTES), else an open file whose size, time and inode matched."""
+
     name: str
     format: str
+    size: int
+    mtime_ns: int
+    data: bytes | None = None
+    handle: BinaryIO | None = None
+
+    def read(self, max_bytes: int) -> bytes:
+        if self.data is not None:
+            return self.data
+        with self.handle:
+            return read_capped(self.handle, os.fstat(self.handle.fileno()), max_bytes)
 
 
-def find_original(settings: Settings, conn: psycopg.Connection, image_id: int) -> Original:
-    """A copy of the image's file readable on this machine, unchanged since it was indexed.
+def open_original(settings: Settings, conn: psycopg.Connection, image_id: int) -> Original:
+    """The very file that was indexed for this image, opened, from a location readable here.
 
-    Files are only ever reached through an image id and the locations stored for it: no request
-    names a path.
+    Files are reached only through an image id and the locations stored for it: no request names
+    a path. The resolved path must stay inside its root, be a regular file with the size, time and
+    inode stored when it was indexed, and (when small enough to check cheaply) hash to the image's
+    SHA-256. Raises NotFound when no copy is reachable, Conflict when copies exist but changed.
     """
-    fmt = conn.execute("SELECT format FROM images WHERE id = %s", (image_id,)).fetchone()
-    if fmt is None:
+    row = conn.execute("SELECT format, sha256 FROM images WHERE id = %s", (image_id,)).fetchone()
+    if row is None:
         raise NotFound(f"there is no image {image_id}")
+    fmt, sha256 = row[0], bytes(row[1])
     registered = known_roots(conn)
-    for root, relpath, size, mtime_ns in conn.execute(
-            "SELECT root, relpath_bytes, byte_size, mtime_ns FROM locations WHERE image_id = %s "
-            "ORDER BY first_seen_at, id", (image_id,)):
+    changed: list[str] = []
+    for root, relpath, size, mtime_ns, inode in conn.execute(
+            "SELECT root, relpath_bytes, byte_size, mtime_ns, inode FROM locations WHERE image_id = %s "
+            "ORDER BY first_seen_at, id", (image_id,)).fetchall():
         relpath = bytes(relpath)
         if relpath.startswith(b"/") or b".." in relpath.split(b"/"):
             continue
         try:
-            path = absolute(local_root(settings, None, root, registered), relpath)
-            st = os.stat(path)
-        except (RootError, OSError):
+            root_path = local_root(settings, None, root, registered)
+        except RootError:
             continue
-        if st.st_size == size and st.st_mtime_ns == mtime_ns:
-            return Original(path, os.fsdecode(os.path.basename(relpath)), fmt[0])
-    raise NotFound(f"no copy of image {image_id} is reachable from this server (or the files changed)")
+        inside = None if settings.follow_external_links else [os.path.realpath(os.fsencode(root_path))]
+        try:
+            handle, st = open_regular(absolute(root_path, relpath), inside)
+        except FileNotFoundError:
+            continue
+        except (FileRefused, OSError) as exc:
+            changed.append(str(exc))
+            continue
+        name = os.fsdecode(os.path.basename(relpath))
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) or (inode is not None and st.st_ino != inode):
+            handle.close()
+            changed.append("its size, time or inode differ from when it was indexed")
+            continue
+        if size > VERIFY_HASH_MAX_BYTES:
+            return Original(name, fmt, size, mtime_ns, handle=handle)
+        with handle:
+            data = read_capped(handle, st, VERIFY_HASH_MAX_BYTES)
+        if hashlib.sha256(data).digest() != sha256:
+            changed.append("its content differs from when it was indexed")
+            continue
+        return Original(name, fmt, size, mtime_ns, data=data)
+    if changed:
+        raise Conflict(f"the file of image {image_id} changed since it was indexed ({changed[0]}); "
+                       "index its folder again to see it")
+    raise NotFound(f"no copy of image {image_id} is reachable from this server")
 
 
 def facets(conn: psycopg.Connection, limit: int = 200) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from clipdex.config import ConfigError, Settings
+from clipdex.text import printable
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
 
@@ -34,7 +35,7 @@ class ClipdexGroup(click.Group):
         try:
             return super().invoke(ctx)
         except _user_errors() as exc:
-            click.secho(f"clipdex: {exc}", fg="red", err=True)
+            click.secho(f"clipdex: {printable(str(exc))}", fg="red", err=True)
             ctx.exit(1)
 
 
@@ -189,7 +190,7 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 def _print_plan(plan) -> None:
     for kind, count in sorted(plan.sources.items()):
         if count.seen:
-            where = f" at {count.path}" if count.path else ""
+            where = f" at {printable(count.path)}" if count.path else ""
             click.echo(f"  {kind}{where}: {count.seen} files, {count.queued} to index, "
                        f"{count.unchanged} unchanged, {count.skipped} not photos by name", err=True)
         if count.gone:
@@ -315,7 +316,7 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
                 for f in rows:
                     click.echo(json.dumps({**f.__dict__, "created_at": f.created_at.isoformat()}))
             for f in rows if not as_json else []:
-                click.echo(f"run {f.run_id}  {f.root}/{f.path}  [{f.stage}] {f.reason}")
+                click.echo(f"run {f.run_id}  {printable(f.root)}/{printable(f.path)}  [{f.stage}] {printable(f.reason)}")
             return
         runs = [status.get_run(conn, run_id)] if run_id is not None else status.list_runs(conn, limit)
     if run_id is not None and runs[0] is None:
@@ -326,8 +327,9 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
         return
     for run in runs:
         rate = f", {run.images_per_second} images/s" if run.images_per_second else ""
-        click.echo(f"run {run.id} [{run.state}] {run.mode} {run.root}/{run.path or ''} "
-                   f"model {run.model}: batches {run.batches_done}/{run.batches}{rate}")
+        failed = f" ({run.batches_failed} failed)" if run.batches_failed else ""
+        click.echo(f"run {run.id} [{run.state}] {run.mode} {printable(run.root)}/{printable(run.path or '')} "
+                   f"model {printable(run.model)}: batches {run.batches_done}/{run.batches}{failed}{rate}")
         for s in run.sources:
             click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}, "
                        f"queued {s.queued}, done {s.processed}, new {s.new}, duplicates {s.duplicates}, "
@@ -335,7 +337,7 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
         if run.scan_failures:
             click.echo(f"  {run.scan_failures} paths could not be scanned")
         for error in run.errors:
-            click.echo(f"  error: {error}")
+            click.echo(f"  error: {printable(error)}")
 
 
 # --- search -----------------------------------------------------------------------------------
@@ -389,7 +391,7 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, lim
     for hit in page.hits:
         taken = hit.taken_at.date().isoformat() if hit.taken_at else "?"
         click.echo(f"{hit.id:>8}  {hit.score:5.3f}  {taken}  {hit.width}x{hit.height}  {hit.source or '?':7}  "
-                   f"{hit.root}/{hit.path}")
+                   f"{printable(hit.root or '')}/{printable(hit.path or '')}")
 
 
 @cli.command("embed-text")
@@ -406,10 +408,10 @@ def embed_text(ctx: click.Context, texts: tuple[str, ...]) -> None:
     key = ModelSpec.from_settings(settings).key()
     with database.connect(autocommit=True) as conn:
         try:
-            model_id, _ = model_row(conn, key)
+            model_id, dim = model_row(conn, key)
         except QueryError as exc:
             raise click.ClickException(str(exc)) from None
-        text_vectors(conn, LazyModel(settings), model_id, list(texts))
+        text_vectors(conn, LazyModel(settings), model_id, list(texts), dim)
     for text in texts:
         click.echo(f"cached: SELECT * FROM search_text({_sql_literal(text)});")
 
@@ -424,7 +426,7 @@ def _sql_literal(text: str) -> str:
 @click.option("--threads", default=8, show_default=True)
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None, threads: int) -> None:
-    """Serve the search page and the JSON API (gunicorn, one process, threads)."""
+    """Serve the search page and the JSON API (waitress: one process, threads, slow clients cut off)."""
     from webapp.server import Refused, serve
 
     settings = settings_of(ctx).replace(**{k: v for k, v in (("web_host", host), ("web_port", port)) if v})

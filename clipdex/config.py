@@ -130,9 +130,16 @@ class Settings:
         _parse_int("CLIPDEX_DECODE_THREADS", 0),
     )
     max_pixels: int = _setting(
-        "CLIPDEX_MAX_PIXELS", 180_000_000,
-        "Images whose header claims more pixels are recorded as failures (decompression bombs).",
+        "CLIPDEX_MAX_PIXELS", 250_000_000,
+        "Images whose header claims more pixels are recorded as failures (decompression bombs). "
+        "The default covers 200 MP phone photos (12240×16320).",
         _parse_int("CLIPDEX_MAX_PIXELS", 1),
+    )
+    decode_memory: int = _setting(
+        "CLIPDEX_DECODE_MEMORY", 1 << 30,
+        "Bytes of decoded pixels that may exist at once in one process (indexer threads, or the web "
+        "app's uploads and previews); a larger image waits, then decodes alone.",
+        _parse_int("CLIPDEX_DECODE_MEMORY", 1),
     )
     max_file_bytes: int = _setting(
         "CLIPDEX_MAX_FILE_BYTES", 512 * 1024 * 1024,
@@ -153,6 +160,18 @@ class Settings:
         "that finds no file at all, or cannot read a folder, forgets nothing there.",
         _parse_bool("CLIPDEX_FORGET_MISSING"),
     )
+    follow_external_links: bool = _setting(
+        "CLIPDEX_FOLLOW_EXTERNAL_LINKS", False,
+        "Follow symbolic links that lead out of every library root (off: such a link is recorded once "
+        "as not followed, and nothing behind it is read or served).",
+        _parse_bool("CLIPDEX_FOLLOW_EXTERNAL_LINKS"),
+    )
+    lock_timeout: int = _setting(
+        "CLIPDEX_LOCK_TIMEOUT", 30,
+        "Seconds the indexer waits for a database lock (vector index changes) before it stops and names "
+        "the session holding it.",
+        _parse_int("CLIPDEX_LOCK_TIMEOUT", 1),
+    )
     task_timeout: int = _setting(
         "CLIPDEX_TASK_TIMEOUT", 3600,
         "Seconds a Celery batch may stay unacknowledged before Redis hands it to another worker "
@@ -172,9 +191,15 @@ class Settings:
         "CLIPDEX_WEB_PORT", 5000, "Port `clipdex serve` listens on.",
         _parse_int("CLIPDEX_WEB_PORT", 1),
     )
+    web_hostnames: tuple[str, ...] = _setting(
+        "CLIPDEX_WEB_HOSTNAMES", (),
+        "Host names the web app answers to besides localhost when no access token is set "
+        "(comma-separated); any other Host header gets 421, against DNS rebinding.",
+        lambda s: tuple(h.strip().lower() for h in s.split(",") if h.strip()),
+    )
     access_token: str | None = _setting(
         "CLIPDEX_ACCESS_TOKEN", None,
-        "Token the web app requires (`Authorization: Bearer …` or `?token=` once, then a cookie). "
+        "Token the web app requires (`Authorization: Bearer …`, or the cookie its sign-in page sets). "
         "Required to serve on anything but a loopback address.",
         _optional,
     )
@@ -244,6 +269,10 @@ class Settings:
                 if not value:
                     continue
                 value = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, tuple):
+                if not value:
+                    continue
+                value = ",".join(value)
             elif isinstance(value, bool):
                 value = "true" if value else "false"
             env[f.metadata["env"]] = str(value)

@@ -9,15 +9,20 @@ from a phone through the scaled copy it carries: a 12 MP photo is never decoded 
 224 px model. EXIF orientation is applied
 (HEIC through pillow-heif arrives upright already), transparency is flattened on white, the first
 frame of an animation is used, and 16-bit images are scaled down, not clipped. Headers that claim
-more pixels than the cap are refused before any pixel is decoded.
+more pixels than the cap are refused before any pixel is decoded, and the pixels of images being
+decoded at once share a memory budget (a 300 KB PNG can decode to 100 MP).
 """
 
 from __future__ import annotations
 
 import io
+import re
+import struct
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -124,6 +129,60 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
+class DecodeBudget:
+    """How many bytes of decoded pixels may exist at once across the threads of a process.
+
+    A decode reserves its estimate before it decodes and gives it back once the image is reduced;
+    one that needs more than the whole budget waits until it can have all of it, and runs alone.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        _return_freed_pixels()
+        self.limit = max(1, limit_bytes)
+        self.used = 0
+        self.peak = 0          # the most ever reserved at once (tests and benchmarks read it)
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = max(1, min(nbytes, self.limit))
+        with self._changed:
+            while self.used + nbytes > self.limit:
+                self._changed.wait()
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.used -= nbytes
+                self._changed.notify_all()
+
+
+PIXEL_BLOCK_BYTES = 64 << 20
+
+
+def _return_freed_pixels() -> None:
+    """Pillow allocates large images in blocks (16 MiB by default). glibc keeps freed blocks of
+    that size in each thread's heap, so after decoding one huge image per thread, every decode
+    thread holds hundreds of MB that it no longer uses, and a budget of live pixels no longer
+    bounds the process. Blocks over glibc's largest mmap threshold (32 MiB) are mapped for
+    themselves and given back to the system when freed."""
+    if Image.core.get_block_size() < PIXEL_BLOCK_BYTES:
+        Image.core.set_block_size(PIXEL_BLOCK_BYTES)
+
+
+_BYTES_PER_BAND = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+def decoded_bytes(im: Image.Image) -> int:
+    """Peak memory of decoding ``im`` at its current (drafted) size: the frame, one transposed or
+    converted copy of it, and the RGB result."""
+    pixels = im.size[0] * im.size[1]
+    frame = pixels * len(im.getbands()) * _BYTES_PER_BAND.get(im.mode, 1)
+    return 2 * frame + 3 * pixels
+
+
 def _shrink(im: Image.Image, min_side: int) -> Image.Image:
     """Box-averages a large image down by an integer factor, keeping at least min_side: what
     draft() does for JPEG, for every other format, so later resizes start from fewer pixels."""
@@ -145,17 +204,104 @@ def _register_heif() -> None:
         _heif_ready = True
 
 
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of the ISO-BMFF boxes in data[start:end]."""
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1 and at + 16 <= end:
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield kind, at + header, at + size
+        at += size
+
+
+def heif_primary_is_transformed(data: bytes) -> bool | None:
+    """Whether the HEIF's primary image carries a rotation or mirror property (irot, imir), which
+    the decoder applies itself; None when the boxes cannot be read."""
+    try:
+        meta = next(((s, e) for kind, s, e in _boxes(data, 0, len(data)) if kind == b"meta"), None)
+        if meta is None:
+            return None
+        children = {kind: (s, e) for kind, s, e in _boxes(data, meta[0] + 4, meta[1])}  # FullBox
+        pitm, iprp = children.get(b"pitm"), children.get(b"iprp")
+        if pitm is None or iprp is None:
+            return None
+        primary = (struct.unpack_from(">H", data, pitm[0] + 4)[0] if data[pitm[0]] == 0
+                   else struct.unpack_from(">I", data, pitm[0] + 4)[0])
+        parts = {kind: (s, e) for kind, s, e in _boxes(data, *iprp)}
+        properties = [kind for kind, _s, _e in _boxes(data, *parts[b"ipco"])]
+        at = parts[b"ipma"][0]
+        version, flags = data[at], int.from_bytes(data[at + 1:at + 4], "big")
+        (entries,), at = struct.unpack_from(">I", data, at + 4), at + 8
+        for _ in range(entries):
+            item, at = ((struct.unpack_from(">H", data, at)[0], at + 2) if version < 1
+                        else (struct.unpack_from(">I", data, at)[0], at + 4))
+            count, at = data[at], at + 1
+            indexes = []
+            for _ in range(count):
+                if flags & 1:
+                    indexes.append(struct.unpack_from(">H", data, at)[0] & 0x7FFF)
+                    at += 2
+                else:
+                    indexes.append(data[at] & 0x7F)
+                    at += 1
+            if item == primary:
+                return any(0 < i <= len(properties) and properties[i - 1] in (b"irot", b"imir")
+                           for i in indexes)
+        return False
+    except (KeyError, IndexError, struct.error):
+        return None
+
+
+def _orientation_to_apply(im: Image.Image, fmt: str, data: bytes) -> int | None:
+    """The EXIF orientation still to apply after decoding.
+
+    pillow-heif applies a HEIF's own irot/imir and then resets EXIF Orientation to 1 (keeping the
+    old value in ``original_orientation``). A HEIF rotated only by EXIF (an iPhone 7, a Galaxy photo
+    edited on Windows) has no irot, so that EXIF value must still be applied; irot stays
+    authoritative when it is there.
+    """
+    if fmt != "heif":
+        return im.getexif().get(0x0112)
+    original = im.info.get("original_orientation")
+    if original in (2, 3, 4, 5, 6, 7, 8) and heif_primary_is_transformed(data) is False:
+        return original
+    return None
+
+
+_pillow_limit_lock = threading.Lock()
+
+
+def _raise_pillow_limit(max_pixels: int) -> None:
+    """Pillow's own guard (it errors at twice MAX_IMAGE_PIXELS) must not refuse what our cap
+    allows. It is only ever raised, never lowered, so callers with different caps in one process
+    (the web app's 100 MP uploads, the indexer's setting) cannot undo each other; each call's own
+    cap is checked against the header below."""
+    with _pillow_limit_lock:
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+_PILLOW_BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
+
+
 def decode(data: bytes, *, min_side: int, max_pixels: int,
-           inspect: Callable[[Image.Image], Any] | None = None) -> DecodedImage:
+           inspect: Callable[[Image.Image], Any] | None = None,
+           budget: DecodeBudget | None = None) -> DecodedImage:
     """Decodes an image's bytes; raises NotAnImage or DecodeFailure with a readable reason.
 
-    ``inspect`` sees the opened image after the size check and before any pixel is decoded.
+    ``inspect`` sees the opened image after the size check and before any pixel is decoded;
+    ``budget`` bounds the memory of decodes running at once in this process.
     """
     fmt = sniff(data[:32])
     if fmt == "heif":
         _register_heif()
-    # Pillow's own guard errors at twice this; ours below refuses anything over it with a reason.
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    _raise_pillow_limit(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -164,26 +310,30 @@ def decode(data: bytes, *, min_side: int, max_pixels: int,
             if width <= 0 or height <= 0:
                 raise DecodeFailure(f"{fmt.upper()} header gives an empty size {width}×{height}")
             if width * height > max_pixels:
-                raise DecodeFailure(
-                    f"{fmt.upper()} header claims {width}×{height} pixels "
-                    f"({width * height / 1e6:.0f} MP), over the cap of {max_pixels / 1e6:.0f} MP"
-                )
-            inspected = inspect(im) if inspect is not None else None
-            if fmt in ("jpeg", "heif"):
+                raise DecodeFailure(_over_cap(fmt, width * height, max_pixels, f"{width}×{height} pixels "))
+            scaled = fmt in ("jpeg", "heif")
+            inspected = inspect(im) if inspect is not None and scaled else None
+            if scaled:
                 # JPEG: decode at 1/2, 1/4 or 1/8 scale in the DCT; HEIF: an embedded thumbnail
                 # that is a faithful scaled copy. Either way at least min_side on each side.
                 im.draft("RGB", (min_side, min_side))
-            im.seek(0)  # first frame of GIF / animated WebP
-            im.load()
-            orientation = im.getexif().get(0x0112) if fmt != "heif" else None
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            im = ImageOps.exif_transpose(im) if orientation and orientation != 1 else im
-            rgb = _shrink(_to_rgb(im), min_side)
+            with budget.reserve(decoded_bytes(im)) if budget is not None else _no_budget():
+                if inspect is not None and not scaled:
+                    inspected = inspect(im)   # may decode: a PNG's EXIF can follow its pixels
+                im.seek(0)  # first frame of GIF / animated WebP
+                im.load()
+                orientation = _orientation_to_apply(im, fmt, data)
+                if orientation in (5, 6, 7, 8):
+                    width, height = height, width
+                if orientation and orientation != 1:
+                    im = ImageOps.exif_transpose(im) if fmt != "heif" else _transpose(im, orientation)
+                rgb = _shrink(_to_rgb(im), min_side)
+                del im
     except (DecodeFailure, NotAnImage):
         raise
     except Image.DecompressionBombError as exc:
-        raise DecodeFailure(f"refused as a decompression bomb: {exc}") from None
+        claimed = _PILLOW_BOMB_SIZE.search(str(exc))
+        raise DecodeFailure(_over_cap(fmt, int(claimed[1]) if claimed else None, max_pixels, "")) from None
     except Image.UnidentifiedImageError:
         raise DecodeFailure(f"bytes start like {fmt.upper()} but Pillow cannot read them") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError, MemoryError) as exc:
@@ -192,3 +342,29 @@ def decode(data: bytes, *, min_side: int, max_pixels: int,
             raise DecodeFailure(f"truncated {fmt.upper()}: {text}") from None
         raise DecodeFailure(f"cannot decode {fmt.upper()}: {text}") from None
     return DecodedImage(rgb, fmt, width, height, inspected)
+
+
+def _over_cap(fmt: str, pixels: int | None, max_pixels: int, size: str) -> str:
+    if pixels is None:
+        claimed = "more pixels"
+    else:
+        claimed = f"{size}({pixels / 1e6:,.0f} MP)" if size else f"{pixels / 1e6:,.0f} MP"
+    return (f"refused as a decompression bomb: {fmt.upper()} header claims {claimed}, over the cap of "
+            f"{max_pixels / 1e6:,.0f} MP (CLIPDEX_MAX_PIXELS)")
+
+
+@contextmanager
+def _no_budget() -> Iterator[None]:
+    yield
+
+
+_TRANSPOSE = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],
+              4: [Image.Transpose.FLIP_TOP_BOTTOM], 5: [Image.Transpose.TRANSPOSE],
+              6: [Image.Transpose.ROTATE_270], 7: [Image.Transpose.TRANSVERSE], 8: [Image.Transpose.ROTATE_90]}
+
+
+def _transpose(im: Image.Image, orientation: int) -> Image.Image:
+    """EXIF orientation applied by hand (for HEIF, whose EXIF Orientation pillow-heif already reset)."""
+    for step in _TRANSPOSE[orientation]:
+        im = im.transpose(step)
+    return im

@@ -30,6 +30,7 @@ import psycopg
 from pgvector import HalfVector
 
 from clipdex.database import Database
+from clipdex.text import printable, unstorable_reason
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 40
@@ -48,6 +49,10 @@ class QueryError(ValueError):
 
 class NotFound(LookupError):
     """A referenced image or query does not exist (HTTP 404)."""
+
+
+class Conflict(LookupError):
+    """The thing exists but not as it was indexed: a file that changed on disk (HTTP 409)."""
 
 
 # --- filters -----------------------------------------------------------------------------------
@@ -73,17 +78,29 @@ def _parse_int(name: str, value: str, low: int, high: int) -> int:
 
 
 def _parse_when(name: str, value: str, end: bool) -> datetime:
-    """A date (whole day, inclusive) or an ISO date-time; naive times are UTC."""
+    """A date (whole day, inclusive) or an ISO date-time, in UTC; naive times are UTC. The last
+    day Python knows (9999-12-31) ends at its last microsecond."""
     text = value.strip()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             day = date.fromisoformat(text)
-            moment = datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
-            return moment
+            if end and day == date.max:
+                return datetime.max.replace(tzinfo=timezone.utc)
+            return datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise QueryError(f"{name}: {value!r} is outside the dates clipdex can compare (years 1 to 9999)") from None
     except ValueError:
         raise QueryError(f"{name}: expected a date like 2023-07-31 or 2023-07-31T18:00, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def check_text(name: str, value: str) -> str:
+    """A parameter's text, or QueryError when PostgreSQL could not take it (NUL, broken Unicode)."""
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise QueryError(f"{name}: {reason}")
+    return value
 
 
 def _split_values(values: Iterable[str]) -> list[str]:
@@ -117,7 +134,10 @@ class Filters:
         """From request parameters (each a list of strings); unknown names are an error."""
         unknown = sorted(str(name) for name in set(params) - set(cls.NAMES))
         if unknown:
-            raise QueryError(f"unknown filter {unknown[0]!r}; filters are: {', '.join(cls.NAMES)}")
+            raise QueryError(f"unknown filter {printable(unknown[0])!r}; filters are: {', '.join(cls.NAMES)}")
+        for name, items in params.items():
+            for item in items:
+                check_text(name, str(item))
         values: dict[str, Any] = {}
 
         def one(name: str) -> str | None:
@@ -302,12 +322,20 @@ def model_row(conn: psycopg.Connection, key: str) -> tuple[int, int]:
     return row
 
 
-def text_vectors(conn: psycopg.Connection, model, model_id: int, texts: Sequence[str]) -> np.ndarray:
+def _is_unit(vector: np.ndarray, dim: int | None) -> bool:
+    return ((dim is None or vector.shape == (dim,)) and bool(np.all(np.isfinite(vector)))
+            and abs(float(np.linalg.norm(vector)) - 1.0) <= 0.01)
+
+
+def text_vectors(conn: psycopg.Connection, model, model_id: int, texts: Sequence[str],
+                 dim: int | None = None) -> np.ndarray:
     """Unit vectors of query texts, from the text cache or the model (which then fills the cache)."""
     rows = conn.execute(
         "SELECT query, embedding FROM text_embeddings WHERE model_id = %s AND query = ANY("
         "SELECT clipdex_query_key(t) FROM unnest(%s::text[]) t)", (model_id, list(texts))).fetchall()
-    cached = {q: np.asarray(v.to_numpy(), dtype=np.float32) for q, v in rows}
+    # Another role may have written the cache: a vector that is not a unit vector of this model's
+    # size is ignored, embedded again and replaced.
+    cached = {q: vector for q, v in rows if _is_unit(vector := np.asarray(v.to_numpy(), dtype=np.float32), dim)}
     keys = [conn.execute("SELECT clipdex_query_key(%s)", (t,)).fetchone()[0] for t in texts]
     missing = sorted({k for k in keys if k not in cached})
     if missing:
@@ -319,7 +347,7 @@ def text_vectors(conn: psycopg.Connection, model, model_id: int, texts: Sequence
                 conn.execute(
                     "INSERT INTO text_embeddings (model_id, query, embedding) "
                     "SELECT %s, q, e FROM unnest(%s::text[], %b::halfvec[]) AS n(q, e) "
-                    "ON CONFLICT (model_id, query) DO UPDATE SET used_at = now()",
+                    "ON CONFLICT (model_id, query) DO UPDATE SET embedding = EXCLUDED.embedding, used_at = now()",
                     (model_id, missing, [HalfVector(v) for v in fresh]))
         except psycopg.errors.InsufficientPrivilege:
             pass  # a read-only role searches fine; it just cannot fill the cache for psql
@@ -346,13 +374,13 @@ def image_vectors(conn: psycopg.Connection, model_id: int, ids: Sequence[int]) -
     return np.stack([np.asarray(rows[i].to_numpy(), dtype=np.float32) for i in ids])
 
 
-def upload_vectors(model, uploads: Sequence[bytes], max_pixels: int) -> np.ndarray:
+def upload_vectors(model, uploads: Sequence[bytes], max_pixels: int, budget=None) -> np.ndarray:
     from clipdex.imaging import DecodeFailure, NotAnImage, decode
 
     images = []
     for data in uploads:
         try:
-            images.append(decode(data, min_side=max(model.image_size), max_pixels=max_pixels).image)
+            images.append(decode(data, min_side=max(model.image_size), max_pixels=max_pixels, budget=budget).image)
         except NotAnImage as exc:
             raise QueryError(f"the uploaded file is not an image (it looks like {exc})") from None
         except DecodeFailure as exc:
@@ -402,8 +430,14 @@ class Cursor:
                          int(data["k"]), float(data["d"]), int(data["i"]))
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):
             raise QueryError("cursor: not a cursor this server handed out") from None
-        if len(cursor.vector) != dim or not np.all(np.isfinite(cursor.vector)) or not math.isfinite(cursor.distance):
+        if len(cursor.vector) != dim or not np.all(np.isfinite(cursor.vector)):
             raise QueryError("cursor: not a cursor for this model; run the search again")
+        # A query vector is a unit vector (float16 keeps its norm within a few thousandths); a
+        # zero or scaled vector would rank by nothing and score NaN.
+        if abs(float(np.linalg.norm(cursor.vector)) - 1.0) > 0.01:
+            raise QueryError("cursor: not a cursor this server handed out")
+        if not (math.isfinite(cursor.distance) and -0.01 <= cursor.distance <= 2.01 and 1 <= cursor.image_id <= MAX_ID):
+            raise QueryError("cursor: not a cursor this server handed out")
         return cursor
 
 
@@ -428,6 +462,8 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        for key in ("score", "distance"):   # JSON has no NaN; a degenerate vector must not break it
+            data[key] = data[key] if math.isfinite(data[key]) else None
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at else None
         data["thumbnail_url"] = f"/thumbnails/{self.id}.webp"
         data["detail_url"] = f"/images/{self.id}"
@@ -528,7 +564,8 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
 
 def search(db: Database, conn: psycopg.Connection, model_key: str, *, spec: QuerySpec | None = None,
            model=None, filters: Filters | None = None, limit: int = DEFAULT_PAGE,
-           cursor: str | None = None, max_pixels: int = 100_000_000, ef_search: int = EF_SEARCH) -> Page:
+           cursor: str | None = None, max_pixels: int = 100_000_000, ef_search: int = EF_SEARCH,
+           decode_budget=None) -> Page:
     """One page of results. Either a query (spec + filters + limit) or a cursor from a page."""
     model_id, dim = model_row(conn, model_key)
     after = None
@@ -543,20 +580,22 @@ def search(db: Database, conn: psycopg.Connection, model_key: str, *, spec: Quer
     else:
         if spec is None or spec.empty:
             raise QueryError("empty query: give a text, an image, or both")
+        for text, _ in spec.texts + spec.negative_texts:
+            check_text("q", text)
         if not 1 <= limit <= MAX_PAGE:
             raise QueryError(f"limit must be between 1 and {MAX_PAGE}")
         filters = filters or Filters()
         parts: list[tuple[np.ndarray, float]] = []
         all_texts = [t for t, _ in spec.texts] + [t for t, _ in spec.negative_texts]
         if all_texts:
-            vectors = text_vectors(conn, model, model_id, all_texts)
+            vectors = text_vectors(conn, model, model_id, all_texts, dim)
             weights = [w for _, w in spec.texts] + [-w for _, w in spec.negative_texts]
             parts += list(zip(vectors, weights))
         if spec.image_ids:
             parts += list(zip(image_vectors(conn, model_id, [i for i, _ in spec.image_ids]),
                               [w for _, w in spec.image_ids]))
         if spec.uploads:
-            parts += list(zip(upload_vectors(model, [d for d, _ in spec.uploads], max_pixels),
+            parts += list(zip(upload_vectors(model, [d for d, _ in spec.uploads], max_pixels, decode_budget),
                               [w for _, w in spec.uploads]))
         # Rounded to float16 once, here, so every page compares exactly the same vector.
         query = combine(parts).astype(np.float16).astype(np.float32)

@@ -40,6 +40,7 @@ class RunStatus:
     finished_at: datetime | None
     batches: int
     batches_done: int
+    batches_failed: int
     scan_failures: int
     sources: list[SourceStatus] = field(default_factory=list)
     images_per_second: float | None = None
@@ -71,6 +72,7 @@ SELECT r.id, r.mode, r.root, r.path, r.source, r.model, r.host, r.started_at, r.
        r.finished_at,
        (SELECT count(*) FROM ingest_batches b WHERE b.run_id = r.id),
        (SELECT count(*) FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'done'),
+       (SELECT count(*) FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'failed'),
        (SELECT count(*) FROM ingest_failures f WHERE f.run_id = r.id AND f.source IS NULL),
        (SELECT extract(epoch FROM max(b.finished_at) - min(b.started_at))
           FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'done'),
@@ -81,7 +83,7 @@ FROM ingest_runs r
 
 _SOURCES = """
 SELECT s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone,
-       coalesce(sum(b.files) FILTER (WHERE b.state = 'done'), 0),
+       coalesce(sum(b.files) FILTER (WHERE b.state <> 'queued'), 0),
        coalesce(sum(b.images_new), 0), coalesce(sum(b.images_known), 0),
        coalesce(sum(b.ignored), 0), coalesce(sum(b.failed), 0)
 FROM ingest_sources s

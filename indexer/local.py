@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import psycopg
+
 from clipdex.config import Settings
-from clipdex.database import Database
+from clipdex.database import Database, DatabaseError
 from indexer import store
 from indexer.pipeline import Runtime, process_batch, stage_totals
 from indexer.producer import RunPlan, plan_run
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -57,8 +62,16 @@ class LocalResult:
 
 def index_folder(settings: Settings, database: Database, path: Path, *, source: str = "auto",
                  out: TextIO | None = sys.stderr, runtime: Runtime | None = None) -> LocalResult:
+    """``clipdex index``: plans a run of ``path`` and indexes it in this process."""
     started = time.perf_counter()
     plan = plan_run(settings, database, path, source=source, mode="local")
+    return index_planned(settings, database, plan, out=out, runtime=runtime, started=started)
+
+
+def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out: TextIO | None = sys.stderr,
+                  runtime: Runtime | None = None, started: float | None = None) -> LocalResult:
+    """Runs the batches of a planned run in this process, one after the other."""
+    started = time.perf_counter() if started is None else started
     with database.transaction() as conn:
         store.mark_enqueued(conn, plan.run_id)
     own_runtime = runtime is None
@@ -68,10 +81,21 @@ def index_folder(settings: Settings, database: Database, path: Path, *, source: 
         _ = rt.model  # load it now, so the progress line measures indexing, not start-up
     progress = Progress(plan.files, out)
     results = []
+    failed_files = 0
     try:
         try:
             for batch_no in plan.batches:
-                result = process_batch(rt, plan.run_id, batch_no, on_file=progress.file_done)
+                try:
+                    result = process_batch(rt, plan.run_id, batch_no, on_file=progress.file_done)
+                except (psycopg.OperationalError, DatabaseError) as exc:
+                    raise DatabaseError(f"run {plan.run_id} stopped: {str(exc).strip()}. Run the same command "
+                                        "again to go on where it stopped.") from None
+                except Exception as exc:
+                    # One batch must not end the run: it is marked failed with the error (the files
+                    # show as failures of stage 'batch'), and the next batches go on.
+                    log.exception("run %s batch %s failed", plan.run_id, batch_no)
+                    failed_files += _fail(database, plan.run_id, batch_no, exc)
+                    continue
                 if result is not None:
                     results.append(result)
         finally:
@@ -81,10 +105,20 @@ def index_folder(settings: Settings, database: Database, path: Path, *, source: 
             if out is not None:
                 out.write("building the vector index once for the whole run…\n")
             with database.connect(autocommit=True) as conn:
-                store.build_vector_index(conn, rt.model_id())
+                store.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
     finally:
         if own_runtime:
             rt.close()
     counts = {k: sum(r[k] for r in results) for k in ("images_new", "images_known", "ignored", "failed")}
+    counts["failed"] += failed_files
     return LocalResult(plan, time.perf_counter() - started, rt.images_encoded - before, counts,
                        stage_totals(results))
+
+
+def _fail(database: Database, run_id: int, batch_no: int, exc: Exception) -> int:
+    """Marks the batch failed; returns how many files it held."""
+    with database.connect(autocommit=True) as conn:
+        store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}")
+        row = conn.execute("SELECT files FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
+                           (run_id, batch_no)).fetchone()
+    return row[0] if row else 0

@@ -47,9 +47,9 @@ APPLE_CONTENT_IDENTIFIER_TAG = 0x0011  # equals the Live Photo video's content.i
 DATE_TEXT = re.compile(
     r"(\d{4})[:-](\d{2})[:-](\d{2})"
     r"(?:[ T](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?)?"
-    r"\s*(Z|[+-]\d{2}:?\d{2})?"
+    r"\s*(Z|(?:GMT|UTC)?[+-]\d{2}:?\d{2}|GMT|UTC)?"   # Apple Vision Pro writes "GMT+02:00"
 )
-OFFSET_TEXT = re.compile(r"([+-])(\d{2}):?(\d{2})")
+OFFSET_TEXT = re.compile(r"(?:GMT|UTC)?([+-])(\d{2}):?(\d{2})")
 UUID_TEXT = re.compile(r"[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}")
 
 EPOCH_MS_IN_NAME = re.compile(r"mmexport(\d{13})(?!\d)", re.IGNORECASE)
@@ -205,9 +205,8 @@ def _xmp_properties(packet: bytes | str | None) -> dict[str, str]:
         packet = packet.encode("utf-8")
     if not isinstance(packet, bytes) or b"<!DOCTYPE" in packet:  # XMP has no DTD; refuse entity tricks
         return {}
-    try:
-        root = ElementTree.fromstring(packet.strip(b"\x00 \t\r\n"))
-    except ElementTree.ParseError:
+    root = _parse_xmp(packet.strip(b"\x00 \t\r\n"))
+    if root is None:
         return {}
     wanted = (*XMP_DATE_PROPERTIES, XMP_USER_COMMENT)
     values: dict[str, str] = {}
@@ -218,6 +217,26 @@ def _xmp_properties(packet: bytes | str | None) -> dict[str, str]:
         if element.tag in wanted:
             values.setdefault(element.tag, next((t.strip() for t in element.itertext() if t.strip()), ""))
     return values
+
+
+_XMP_ENDS = (b"</x:xmpmeta>", b"</x:xapmeta>", b"</rdf:RDF>")
+
+
+def _parse_xmp(packet: bytes) -> ElementTree.Element | None:
+    """The packet's XML; writers that leave bytes after the packet's end (padding, a second packet,
+    garbage after ``<?xpacket end="r"?>``) get parsed up to the end of their metadata element."""
+    try:
+        return ElementTree.fromstring(packet)
+    except ElementTree.ParseError:
+        pass
+    for end_tag in _XMP_ENDS:
+        end = packet.find(end_tag)
+        if end >= 0:
+            try:
+                return ElementTree.fromstring(packet[:end + len(end_tag)])
+            except ElementTree.ParseError:
+                continue
+    return None
 
 
 def _capture_date(tags: dict, xmp: dict[str, str]) -> tuple[datetime | None, int | None]:
@@ -261,7 +280,7 @@ def _datetime_or_none(*parts: str | int) -> datetime | None:
 def _parse_offset(value: object) -> int | None:
     """EXIF/XMP offset text ("+01:00" is 60) in minutes; blank, "   :  " or out of range is unknown."""
     text = _clean_text(value)
-    if text == "Z":
+    if text in ("Z", "GMT", "UTC"):
         return 0
     match = OFFSET_TEXT.fullmatch(text or "")
     if match is None or int(match[3]) >= 60:

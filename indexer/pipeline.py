@@ -19,16 +19,17 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psycopg
 
 from clipdex.config import Settings
 from clipdex.database import Database, open_database
+from clipdex.files import FileRefused, allowed_roots, open_regular, read_capped
 from clipdex.model import ClipModel, load_model
 from clipdex.roots import RootError, absolute, local_root
 from indexer import store
-from clipdex.imaging import DecodeFailure, NotAnImage, decode
+from clipdex.imaging import DecodeBudget, DecodeFailure, NotAnImage, decode
 from indexer.metadata import read_embedded_metadata, resolve_capture_time
 from indexer.sources import FileTask, SourceInfo, extension, get_source
 from indexer.thumbnail import make_thumbnail
@@ -52,6 +53,7 @@ class Prepared:
     task: FileTask
     size: int = 0
     mtime_ns: int = 0
+    inode: int | None = None
     sha256: bytes | None = None
     info: SourceInfo | None = None
     known_id: int | None = None            # bytes already embedded with this model
@@ -80,6 +82,7 @@ class Runtime:
             kwargs={"autocommit": True}, configure=_register_vector,
             check=ConnectionPool.check_connection, name="clipdex-indexer")
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="clipdex-decode")
+        self.decode_budget = DecodeBudget(settings.decode_memory)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         self._model: ClipModel | None = None
         self._model_id: int | None = None
@@ -98,7 +101,8 @@ class Runtime:
             model = self.model
             with self.pool.connection() as conn:
                 self._model_id = store.register_model(conn, model.key, model.dim, model.describe(),
-                                                      index=not defer_index)
+                                                      index=not defer_index,
+                                                      lock_timeout=self.settings.lock_timeout)
         return self._model_id
 
     def close(self) -> None:
@@ -150,11 +154,12 @@ def _facts(info: SourceInfo, decoded=None, capture=None) -> store.ImageFacts:
     )
 
 
-def prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask, cache: dict) -> Prepared:
+def prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask, cache: dict,
+            inside: Sequence[bytes] | None = None) -> Prepared:
     """The threaded part of the pipeline for one file. Never raises: any surprise becomes a
     failure of this file (a database error is re-raised: the whole batch must be retried)."""
     try:
-        return _prepare(rt, work, root_path, task, cache)
+        return _prepare(rt, work, root_path, task, cache, inside)
     except psycopg.Error:
         raise
     except Exception as exc:
@@ -164,33 +169,41 @@ def prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask,
         return p
 
 
-def read_file(path: bytes, max_bytes: int) -> tuple[tuple[bytes, os.stat_result] | None, tuple[str, str] | None]:
-    """The file's bytes and stat, read once; or why not, as a failure (stage, reason)."""
+def read_file(path: bytes, max_bytes: int, inside: Sequence[bytes] | None = None
+              ) -> tuple[tuple[bytes, os.stat_result] | None, tuple[str, str] | None]:
+    """The file's bytes and stat, read once; or why not, as a failure (stage, reason).
+
+    ``inside``: the resolved library roots the file must be in (None: follow links anywhere).
+    A named pipe, a device or a link out of the library is refused without blocking or reading.
+    """
     try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if st.st_size > max_bytes:
-                return (b"", st), ("read", f"file is {st.st_size / 2**20:.0f} MiB, over the "
-                                           f"{max_bytes / 2**20:.0f} MiB cap")
-            return (handle.read(), st), None
+        handle, st = open_regular(path, inside)
     except FileNotFoundError:
         return None, ("read", "file vanished before it was read")
-    except IsADirectoryError:
-        return None, ("read", "a folder now stands where the file was")
+    except FileRefused as exc:
+        return None, ("read", str(exc))
     except OSError as exc:
         return None, ("read", f"cannot read: {exc.strerror or exc}")
+    with handle:
+        try:
+            return (read_capped(handle, st, max_bytes), st), None
+        except FileRefused as exc:
+            return (b"", st), ("read", str(exc))
+        except OSError as exc:
+            return None, ("read", f"cannot read: {exc.strerror or exc}")
 
 
-def _prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask, cache: dict) -> Prepared:
+def _prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask, cache: dict,
+             inside: Sequence[bytes] | None) -> Prepared:
     p = Prepared(task)
     t = time.perf_counter()
     settings = rt.settings
-    read, p.failure = read_file(absolute(root_path, task.relpath), settings.max_file_bytes)
+    read, p.failure = read_file(absolute(root_path, task.relpath), settings.max_file_bytes, inside)
     if read is None:
         p.size, p.mtime_ns = task.size, task.mtime_ns
         return p
     data, st = read
-    p.size, p.mtime_ns = st.st_size, st.st_mtime_ns
+    p.size, p.mtime_ns, p.inode = st.st_size, st.st_mtime_ns, st.st_ino
     if p.failure:
         return p
     t = _timed(p.timings, "read", t)
@@ -209,7 +222,8 @@ def _prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask
         p.failure = ("decode", f"unsupported format: camera RAW (.{extension(task.name)})")
         return p
     try:
-        decoded, thumbnail, p.pixels = decode_for_model(data, rt.model, settings.max_pixels, p.timings)
+        decoded, thumbnail, p.pixels = decode_for_model(data, rt.model, settings.max_pixels, p.timings,
+                                                        rt.decode_budget)
     except NotAnImage as exc:
         if extension(task.name) in IMAGE_EXTENSIONS:
             # Named like a photo: the user expects it indexed, so say why it is not.
@@ -229,12 +243,14 @@ def _prepare(rt: Runtime, work: store.BatchWork, root_path: Path, task: FileTask
     return p
 
 
-def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None):
+def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None,
+                     budget: DecodeBudget | None = None):
     """The CPU work on a new image's bytes: decode (with its EXIF), thumbnail, the model's own
     preprocessing. Returns (decoded, thumbnail, pixels); raises NotAnImage or DecodeFailure."""
     timings = {} if timings is None else timings
     t = time.perf_counter()
-    decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, inspect=read_embedded_metadata)
+    decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, inspect=read_embedded_metadata,
+                     budget=budget)
     t = _timed(timings, "decode", t)
     thumbnail = make_thumbnail(decoded.image)
     t = _timed(timings, "thumbnail", t)
@@ -274,14 +290,16 @@ def _location(p: Prepared, source: str) -> store.LocationRow:
     if p.task.hints.get("hash_mismatch"):
         meta["hash_mismatch"] = True
     return store.LocationRow(p.sha256, p.task.relpath, source, p.info.album if p.info else p.task.album,
-                             p.size, p.mtime_ns, meta)
+                             p.size, p.mtime_ns, meta, p.inode)
 
 
 def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
               on_file: Callable[[bool], None] | None = None) -> store.BatchOutcome:
     """Prepares every file on the thread pool and embeds new images in groups as they come."""
     outcome = store.BatchOutcome()
-    root_path = local_root(rt.settings, None, work.root, registered=_registered_roots(rt))
+    registered = _registered_roots(rt)
+    root_path = local_root(rt.settings, None, work.root, registered=registered)
+    inside = allowed_roots(rt.settings, registered, root_path)
     cache: dict = {}
     window = 2 * rt.settings.batch_size + rt.settings.effective_decode_threads
     futures: list[Future] = []
@@ -293,7 +311,7 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
     def submit_next() -> None:
         task = next(task_iter, None)
         if task is not None:
-            futures.append(rt.threads.submit(prepare, rt, work, root_path, task, cache))
+            futures.append(rt.threads.submit(prepare, rt, work, root_path, task, cache, inside))
 
     for _ in range(window):
         submit_next()
@@ -344,13 +362,13 @@ def _registered_roots(rt: Runtime) -> dict:
 
 def process_batch(rt: Runtime, run_id: int, batch_no: int,
                   on_file: Callable[[bool], None] | None = None) -> dict[str, Any] | None:
-    """Indexes one batch and marks it done; a batch that is already done is left alone.
+    """Indexes one batch and marks it done; a batch that is done (or failed for good) is left alone.
 
     ``on_file(is_image)`` is called as each file is handled (the local progress line).
     """
     with rt.pool.connection() as conn:
         work = store.load_batch(conn, run_id, batch_no)
-        if work is None or work.state == "done":
+        if work is None or work.state != "queued":
             return None
         if work.model != rt.model.key:
             message = (f"this worker runs model {rt.model.key} but run {run_id} embeds with "
@@ -358,7 +376,12 @@ def process_batch(rt: Runtime, run_id: int, batch_no: int,
             store.batch_error(conn, run_id, batch_no, message)
             raise WrongModel(message)
         store.start_batch(conn, run_id, batch_no, rt.worker_name)
-    work.model_id = rt.model_id(defer_index=work.defer_index)
+    try:
+        work.model_id = rt.model_id(defer_index=work.defer_index)
+    except store.LockedOut as exc:
+        with rt.pool.connection() as conn:
+            store.batch_error(conn, run_id, batch_no, str(exc))
+        raise
     tasks = [FileTask.from_json(item) for item in work.payload or []]
     started = time.perf_counter()
     try:
@@ -369,19 +392,34 @@ def process_batch(rt: Runtime, run_id: int, batch_no: int,
         outcome = store.BatchOutcome(failures=[(t.relpath, "read", str(exc), t.size, t.mtime_ns) for t in tasks])
     outcome.timings["total"] = time.perf_counter() - started
     write_started = time.perf_counter()
-    with rt.pool.connection() as conn:
-        with conn.transaction():
-            # Another worker may have finished this batch meanwhile (a redelivered task).
-            state = conn.execute("SELECT state FROM ingest_batches WHERE run_id = %s AND batch_no = %s "
-                                 "FOR UPDATE", (run_id, batch_no)).fetchone()
-            if state is None or state[0] == "done":
-                return None
-            counts = store.write_batch(conn, work, outcome, rt.worker_name)
+    counts = _write(rt, work, outcome)
+    if counts is None:
+        return None
     outcome.timings["write"] = time.perf_counter() - write_started
     log.info("run %s batch %s: %s", run_id, batch_no, counts)
     # The batch that finishes a bulk load says so: its HNSW index is then built once.
     counts["build_index"] = work.model_id if counts.pop("finished_run") and work.defer_index else None
     return {**counts, "timings": outcome.timings}
+
+
+WRITE_ATTEMPTS = 3
+
+
+def _write(rt: Runtime, work: store.BatchWork, outcome: store.BatchOutcome) -> dict[str, int] | None:
+    """Writes the batch in one transaction; None when another worker finished it meanwhile (a
+    redelivered task). A deadlock with a concurrent run is tried again, a few times."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with rt.pool.connection() as conn:
+                with conn.transaction():
+                    if not store.claim_batch(conn, work.run_id, work.batch_no):
+                        return None
+                    return store.write_batch(conn, work, outcome, rt.worker_name)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning("run %s batch %s: %s; writing again", work.run_id, work.batch_no, exc)
+    return None
 
 
 def stage_totals(results: list[dict]) -> dict[str, float]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from clipdex import roots
 from clipdex.config import Settings
 from clipdex.database import Database
+from clipdex.files import allowed_roots
 from clipdex.model import ModelSpec
 from clipdex.roots import display_path
 from indexer import store
@@ -103,6 +104,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
     model_key = ModelSpec.from_settings(settings).key()
     with database.transaction() as conn:
         placement = roots.place(settings, conn, path)
+        registered = roots.known_roots(conn)
         model_id = store.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
         already = store.embedded_images(conn, model_id)
@@ -110,7 +112,8 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
     folders: list[ScannedFolder] = []
     problems: list[tuple[bytes, str]] = []
-    for item in walk(os.fsencode(placement.root_path), placement.relpath):
+    for item in walk(os.fsencode(placement.root_path), placement.relpath,
+                     allowed_roots(settings, registered, placement.root_path)):
         if isinstance(item, ScanProblem):
             problems.append((item.relpath, item.reason))
         else:
@@ -127,7 +130,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         count.seen += sum(len(part.files) for part in folder.parts)
         count.skipped += plan.skipped
         for task in plan.tasks:
-            if indexed.get(task.relpath) == (task.size, task.mtime_ns):
+            if store.unchanged(indexed.get(task.relpath), task.size, task.mtime_ns, task.inode):
                 count.unchanged += 1
             else:
                 per_source[folder.source].append(task)
@@ -152,7 +155,8 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
     files = sum(len(b[2]) for b in batches)
     defer_index = files >= max(settings.defer_index_files, already)
-    with database.transaction() as conn:
+    with database.connect() as conn, store.waiting_at_most(conn, settings.lock_timeout,
+                                                           f"cannot start a run for {path}"):
         run_id = store.create_run(conn, mode=mode, root=placement.root, path=placement.relpath,
                                   source=source, model=model_key, defer_index=defer_index)
         if defer_index and model_id is not None:

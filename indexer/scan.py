@@ -1,9 +1,10 @@
 """Walks a library with ``os.scandir`` and ``stat`` only: no file is opened here.
 
 Names stay bytes from start to end, so a file whose name is not valid UTF-8 (GBK names from QQ
-or from a zip made on Chinese Windows) is found, stored and read back exactly. Symlinked folders
-are followed once (a loop is reported, not followed); folders that cannot be read are reported
-and the walk goes on.
+or from a zip made on Chinese Windows) is found, stored and read back exactly. Symbolic links are
+followed while they stay inside the library's roots (a link to ``/etc`` is reported once and not
+followed, unless allowed); a folder reached twice (a loop) is reported, not walked again; folders
+that cannot be read are reported and the walk goes on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
+
+from clipdex.files import outside_reason, within
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,7 @@ class ScannedFile:
     name: bytes       # the file name within its folder
     size: int
     mtime_ns: int
+    inode: int = 0
 
 
 @dataclass(slots=True)
@@ -36,8 +40,12 @@ class ScanProblem:
     reason: str
 
 
-def walk(root: bytes, start: bytes = b"") -> Iterator[ScannedFolder | ScanProblem]:
-    """Yields every folder under ``root/start`` with its regular files, and each problem met."""
+def walk(root: bytes, start: bytes = b"", inside: Sequence[bytes] | None = None
+         ) -> Iterator[ScannedFolder | ScanProblem]:
+    """Yields every folder under ``root/start`` with its regular files, and each problem met.
+
+    ``inside``: resolved folders a symbolic link may lead into (None: anywhere).
+    """
     seen_dirs: set[tuple[int, int]] = set()
     pending = [start]
     while pending:
@@ -59,6 +67,11 @@ def walk(root: bytes, start: bytes = b"") -> Iterator[ScannedFolder | ScanProble
             with os.scandir(path) as entries:
                 for entry in entries:
                     child = os.path.join(relpath, entry.name) if relpath else entry.name
+                    if inside is not None and entry.is_symlink():
+                        target = os.path.realpath(os.path.join(root, child))
+                        if not any(within(target, folder) for folder in inside):
+                            yield ScanProblem(child, outside_reason(target))
+                            continue
                     try:
                         st = entry.stat()  # follows symlinks
                     except OSError as exc:
@@ -68,7 +81,7 @@ def walk(root: bytes, start: bytes = b"") -> Iterator[ScannedFolder | ScanProble
                     if stat.S_ISDIR(st.st_mode):
                         subfolders.append(child)
                     elif stat.S_ISREG(st.st_mode):
-                        folder.files.append(ScannedFile(entry.name, st.st_size, st.st_mtime_ns))
+                        folder.files.append(ScannedFile(entry.name, st.st_size, st.st_mtime_ns, st.st_ino))
         except OSError as exc:
             yield ScanProblem(relpath, f"cannot list folder: {exc.strerror or exc}")
             continue

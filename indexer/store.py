@@ -4,30 +4,92 @@ A batch is written in one transaction with one statement per table (arrays unnes
 and every statement is an upsert keyed on natural keys: image SHA-256, (root, path), (image,
 model). A batch that is written twice leaves the same rows. Rows are sorted by their key before
 writing so two workers touching the same images lock them in the same order.
+
+Text from files (names, sidecars, EXIF) goes through ``storable`` on its way in: PostgreSQL
+refuses NUL and lone surrogates. Should a row still be refused, only its file fails: the batch is
+then written file by file, each in its own savepoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import psycopg
 from pgvector import HalfVector
 
+from clipdex.database import DatabaseError
 from clipdex.roots import display_path
+from clipdex.text import storable, storable_json
+from indexer.sources import FileTask
 
+log = logging.getLogger(__name__)
 
 
 class ModelMismatch(RuntimeError):
     """The database holds vectors of another size under this model's name."""
 
 
+class LockedOut(DatabaseError):
+    """Another session holds a lock the indexer needs; the message names it."""
+
+
+def is_transient(exc: BaseException, conn: psycopg.Connection) -> bool:
+    """An error worth retrying the whole batch for (the server went away, a deadlock, a lock
+    timeout), as opposed to a row the database refuses, which will be refused again."""
+    if conn.closed or conn.broken:
+        return True
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.ProgramLimitExceeded)
+
+
+# What a single row can make the database refuse: a value it cannot store or a constraint, an
+# index entry too large (a very long path), text it cannot encode. Anything else is not about one
+# file (a lost connection is retried; a bug fails the batch, with its error, as a whole).
+ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, UnicodeError)
+
+
+def _refused_by_row(exc: BaseException, conn: psycopg.Connection) -> bool:
+    return isinstance(exc, ROW_ERRORS) and not is_transient(exc, conn)
+
+
+def lock_holders(conn: psycopg.Connection) -> str:
+    """Who else holds locks in this database (advisory, or on clipdex's tables), in a few words."""
+    rows = conn.execute(
+        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, left(a.query, 120) "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database() "
+        "AND (l.locktype = 'advisory' OR (l.locktype = 'relation' AND l.relation IN "
+        "('embeddings'::regclass, 'images'::regclass, 'locations'::regclass, 'models'::regclass))) "
+        "ORDER BY a.pid LIMIT 5").fetchall()
+    if not rows:
+        return "no session holds it any more; try again"
+    return "; ".join(f"pid {pid} (role {user}, {app or 'no application name'}, {state}: {query!r})"
+                     for pid, user, app, state, query in rows)
+
+
+@contextmanager
+def waiting_at_most(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[None]:
+    """A transaction whose lock waits end after ``seconds`` with the holders named, instead of
+    hanging: any role that can connect can take an advisory lock or hold a table open."""
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}")
+            yield
+    except psycopg.errors.LockNotAvailable:
+        raise LockedOut(
+            f"{what}: waited {seconds:g} s for a lock held by another session — {lock_holders(conn)}. "
+            "End that session (as the database owner: SELECT pg_terminate_backend(pid)) and run again."
+        ) from None
+
+
 def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str, Any], *,
-                   index: bool = True) -> int:
+                   index: bool = True, lock_timeout: float = 30) -> int:
     """The model's id (created on first use), with its HNSW index in place unless a bulk load
     defers it (``index=False``)."""
     row = conn.execute(
@@ -41,11 +103,12 @@ def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str,
             f"model {key} produces {dim}-d vectors but the database stores {stored_dim}-d vectors "
             "under that name; refusing to mix them"
         )
-    if index:
-        conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
-    # The first model becomes the one psql's functions and `vectors` view use.
-    conn.execute("SELECT clipdex_use_model(%s::smallint) WHERE NOT EXISTS (SELECT 1 FROM models WHERE active)",
-                 (model_id,))
+    with waiting_at_most(conn, lock_timeout, f"cannot set up the vector index of model {key}"):
+        if index:
+            conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
+        # The first model becomes the one psql's functions and `vectors` view use.
+        conn.execute("SELECT clipdex_use_model(%s::smallint) WHERE NOT EXISTS (SELECT 1 FROM models WHERE active)",
+                     (model_id,))
     return model_id
 
 
@@ -55,8 +118,9 @@ def drop_vector_index(conn: psycopg.Connection, model_id: int) -> None:
     conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_model_{int(model_id)}")
 
 
-def build_vector_index(conn: psycopg.Connection, model_id: int) -> str:
-    return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
+def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30) -> str:
+    with waiting_at_most(conn, lock_timeout, f"cannot build the vector index of model {model_id}"):
+        return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
 
 
 # --- runs and batches ---------------------------------------------------------------------------
@@ -119,7 +183,7 @@ def record_scan_problems(conn: psycopg.Connection, run_id: int, root: str,
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO ingest_failures (run_id, root, relpath, relpath_bytes, stage, reason) "
-            "VALUES (%s, %s, %s, %s, 'read', %s) ON CONFLICT (run_id, root, relpath_bytes) DO NOTHING",
+            "VALUES (%s, %s, %s, %s, 'read', %s) ON CONFLICT (run_id, root, sha256(relpath_bytes)) DO NOTHING",
             [(run_id, root, display_path(p), p, reason) for p, reason in problems],
         )
 
@@ -155,26 +219,91 @@ def start_batch(conn: psycopg.Connection, run_id: int, batch_no: int, worker: st
 
 
 def batch_error(conn: psycopg.Connection, run_id: int, batch_no: int, error: str) -> None:
+    """Why the last attempt of a batch stopped (it stays queued: a retry may succeed)."""
     conn.execute("UPDATE ingest_batches SET error = %s WHERE run_id = %s AND batch_no = %s",
-                 (error[:2000], run_id, batch_no))
+                 (storable(error)[:2000], run_id, batch_no))
+
+
+def claim_batch(conn: psycopg.Connection, run_id: int, batch_no: int) -> bool:
+    """Locks a batch for writing its results (in the caller's transaction); False when it is no
+    longer queued: another worker finished it meanwhile (a redelivered task)."""
+    state = conn.execute("SELECT state FROM ingest_batches WHERE run_id = %s AND batch_no = %s FOR UPDATE",
+                         (run_id, batch_no)).fetchone()
+    return state is not None and state[0] == "queued"
+
+
+def deferred_index_model(conn: psycopg.Connection, run_id: int) -> int | None:
+    """The model whose HNSW index a finished bulk-load run still has to build, if any."""
+    row = conn.execute("SELECT m.id FROM ingest_runs r JOIN models m ON m.name = r.model "
+                       "WHERE r.id = %s AND r.defer_index AND r.finished_at IS NOT NULL", (run_id,)).fetchone()
+    return row[0] if row else None
+
+
+def fail_batch(conn: psycopg.Connection, run_id: int, batch_no: int, error: str) -> bool:
+    """Marks a batch that failed for good: its files become failures of stage 'batch' with the
+    error, and the run can finish (`clipdex status` tells the truth; `clipdex resume` retries it).
+    True when this finished the run."""
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE ingest_batches SET state = 'failed', error = %s, failed = files, finished_at = now() "
+            "WHERE run_id = %s AND batch_no = %s AND state = 'queued' RETURNING payload, source",
+            (storable(error)[:2000], run_id, batch_no)).fetchone()
+        if row is None:
+            return False
+        payload, source = row
+        root = conn.execute("SELECT root FROM ingest_runs WHERE id = %s", (run_id,)).fetchone()[0]
+        tasks = _readable_tasks(payload)
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO ingest_failures (run_id, root, relpath, relpath_bytes, source, stage, reason, "
+                "byte_size, mtime_ns) VALUES (%s, %s, %s, %s, %s, 'batch', %s, %s, %s) "
+                "ON CONFLICT (run_id, root, sha256(relpath_bytes)) DO NOTHING",
+                [(run_id, root, display_path(t.relpath), t.relpath, source,
+                  storable(f"its batch failed: {error}")[:2000], t.size, t.mtime_ns) for t in tasks])
+        return finish_run_if_complete(conn, run_id)
+
+
+def _readable_tasks(payload: list | None) -> list[FileTask]:
+    """The files of a stored batch that can still be read back (a damaged entry is left out)."""
+    tasks = []
+    for item in payload or []:
+        try:
+            tasks.append(FileTask.from_json(item))
+        except (ValueError, TypeError, KeyError):
+            continue
+    return tasks
 
 
 def pending_batches(conn: psycopg.Connection, run_id: int) -> list[int]:
-    return [r[0] for r in conn.execute(
-        "SELECT batch_no FROM ingest_batches WHERE run_id = %s AND state = 'queued' ORDER BY batch_no",
-        (run_id,))]
+    """The batches of a run that are not done; failed ones are queued again (their 'batch'
+    failure rows go: the retry records its own)."""
+    with conn.transaction():
+        for (payload,) in conn.execute(
+                "UPDATE ingest_batches SET state = 'queued', failed = 0, finished_at = NULL "
+                "WHERE run_id = %s AND state = 'failed' RETURNING payload", (run_id,)).fetchall():
+            paths = [task.relpath for task in _readable_tasks(payload)]
+            conn.execute("DELETE FROM ingest_failures WHERE run_id = %s AND stage = 'batch' "
+                         "AND relpath_bytes = ANY(%b)", (run_id, paths))
+        # A run that finished with failed batches is running again.
+        conn.execute("UPDATE ingest_runs r SET finished_at = NULL WHERE r.id = %s AND r.finished_at IS NOT NULL "
+                     "AND EXISTS (SELECT 1 FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'queued')",
+                     (run_id,))
+        return [r[0] for r in conn.execute(
+            "SELECT batch_no FROM ingest_batches WHERE run_id = %s AND state = 'queued' ORDER BY batch_no",
+            (run_id,))]
 
 
 def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
-    """Sets finished_at once the scan is done and every batch is; the row lock serialises workers.
-    True when this call finished the run (exactly one caller sees True)."""
+    """Sets finished_at once the scan is done and no batch is left queued (each is done, or failed
+    for good); the row lock serialises workers. True when this call finished the run (exactly one
+    caller sees True)."""
     row = conn.execute(
         "SELECT enqueued_at, finished_at FROM ingest_runs WHERE id = %s FOR UPDATE", (run_id,)
     ).fetchone()
     if row is None or row[0] is None or row[1] is not None:
         return False
     open_batches = conn.execute(
-        "SELECT count(*) FROM ingest_batches WHERE run_id = %s AND state <> 'done'", (run_id,)
+        "SELECT count(*) FROM ingest_batches WHERE run_id = %s AND state = 'queued'", (run_id,)
     ).fetchone()[0]
     if open_batches:
         return False
@@ -185,21 +314,29 @@ def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
 # --- what is already indexed ------------------------------------------------------------------
 
 
-def indexed_files(conn: psycopg.Connection, root: str, model_id: int) -> dict[bytes, tuple[int, int]]:
-    """relpath -> (size, mtime_ns) of files that need no work: embedded with this model, or
-    known not to be images."""
-    known: dict[bytes, tuple[int, int]] = {}
+def indexed_files(conn: psycopg.Connection, root: str, model_id: int
+                  ) -> dict[bytes, tuple[int, int, int | None]]:
+    """relpath -> (size, mtime_ns, inode or None) of files that need no work: embedded with this
+    model, or known not to be images."""
+    known: dict[bytes, tuple[int, int, int | None]] = {}
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT l.relpath_bytes, l.byte_size, l.mtime_ns FROM locations l "
+            "SELECT l.relpath_bytes, l.byte_size, l.mtime_ns, l.inode FROM locations l "
             "WHERE l.root = %s AND EXISTS (SELECT 1 FROM embeddings e "
             "WHERE e.image_id = l.image_id AND e.model_id = %s) "
-            "UNION ALL SELECT relpath_bytes, byte_size, mtime_ns FROM skipped_files WHERE root = %s",
+            "UNION ALL SELECT relpath_bytes, byte_size, mtime_ns, NULL FROM skipped_files WHERE root = %s",
             (root, model_id, root),
         )
-        for relpath, size, mtime_ns in cur:
-            known[bytes(relpath)] = (size, mtime_ns)
+        for relpath, size, mtime_ns, inode in cur:
+            known[bytes(relpath)] = (size, mtime_ns, inode)
     return known
+
+
+def unchanged(stored: tuple[int, int, int | None] | None, size: int, mtime_ns: int, inode: int) -> bool:
+    """Same size and mtime, and the same inode when one was stored: a file swapped for another
+    with the same size and time (a restored copy, a link) is read again."""
+    return (stored is not None and stored[:2] == (size, mtime_ns)
+            and (stored[2] is None or not inode or stored[2] == inode))
 
 
 def located_files(conn: psycopg.Connection, root: str, folder: bytes) -> list[tuple[bytes, str]]:
@@ -285,6 +422,10 @@ class LocationRow:
     byte_size: int
     mtime_ns: int
     source_meta: dict[str, Any]
+    inode: int | None = None
+
+
+Failure = tuple[bytes, str, str, "int | None", "int | None"]   # path, stage, reason, size, mtime
 
 
 @dataclass
@@ -293,7 +434,7 @@ class BatchOutcome:
     known_facts: list[tuple[int, ImageFacts]] = field(default_factory=list)  # (image id, facts)
     locations: list[LocationRow] = field(default_factory=list)
     known_ids: dict[bytes, int] = field(default_factory=dict)   # sha256 -> id, for known images
-    failures: list[tuple[bytes, str, str, int | None, int | None]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     ignored: list[tuple[bytes, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -332,10 +473,12 @@ _FACT_TYPES = ("timestamptz", "text", "smallint", "float8", "float8", "bool", "t
 
 def _fact_arrays(facts: list[ImageFacts]) -> list[list]:
     columns = []
-    for name in _FACT_COLUMNS:
+    for name, typ in zip(_FACT_COLUMNS, _FACT_TYPES):
         values = [getattr(f, name) for f in facts]
-        if name == "extra":
-            values = [json.dumps(v) for v in values]
+        if typ == "jsonb":
+            values = [json.dumps(storable_json(v)) for v in values]
+        elif typ == "text":
+            values = [_text(v) for v in values]
         columns.append(values)
     return columns
 
@@ -356,7 +499,7 @@ INSERT_IMAGES = (
     f"INSERT INTO images AS i ({', '.join(_STORED)}) "
     f"SELECT {', '.join('n.' + c for c in _STORED)} FROM {_unnest(_IMAGE_COLUMNS)} "
     f"ON CONFLICT (sha256) DO UPDATE SET {_merge_assignments('EXCLUDED', 'false')} "
-    "RETURNING i.id, i.sha256"
+    "RETURNING i.id, i.sha256, (i.xmax = 0) AS inserted"
 )
 
 UPDATE_KNOWN_IMAGES = (
@@ -369,86 +512,185 @@ def _halfvec_binary(vector: np.ndarray) -> HalfVector:
     return HalfVector(vector.astype(np.float16))
 
 
-def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome,
-                worker: str) -> dict[str, int]:
-    """Writes one batch's results and marks it done, in the caller's transaction."""
-    ids = dict(outcome.known_ids)
-    new = sorted(outcome.new_images, key=lambda n: n.sha256)
-    if new:
-        facts = [n.facts for n in new]
-        rows = conn.execute(INSERT_IMAGES, [
-            [n.sha256 for n in new], [n.format for n in new], [n.width for n in new],
-            [n.height for n in new], [n.exif_orientation for n in new], [n.byte_size for n in new],
-            *_fact_arrays(facts)]).fetchall()
-        ids.update({bytes(sha): image_id for image_id, sha in rows})
-        conn.execute(
-            "INSERT INTO embeddings (image_id, model_id, embedding) "
-            "SELECT n.image_id, %s, n.embedding FROM unnest(%s::bigint[], %b::halfvec[]) "
-            "AS n(image_id, embedding) ON CONFLICT DO NOTHING",
-            (work.model_id, [ids[n.sha256] for n in new], [_halfvec_binary(n.embedding) for n in new]))
-        conn.execute(
-            "INSERT INTO thumbnails (image_id, width, height, webp) "
-            "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::smallint[], %b::bytea[]) "
-            "ON CONFLICT DO NOTHING",
-            ([ids[n.sha256] for n in new], [n.thumbnail[1] for n in new],
-             [n.thumbnail[2] for n in new], [n.thumbnail[0] for n in new]))
-    known = sorted(outcome.known_facts, key=lambda item: item[0])
+def _text(value: str | None) -> str | None:
+    return None if value is None else storable(value)
+
+
+def _write_images(conn: psycopg.Connection, model_id: int, new: list[NewImage]) -> tuple[dict[bytes, int], int]:
+    """Inserts new images with their vectors and thumbnails; (sha256 -> id, rows really inserted).
+    Bytes another run inserted meanwhile are merged, and not counted as new by this one."""
+    if not new:
+        return {}, 0
+    new = sorted(new, key=lambda n: n.sha256)
+    rows = conn.execute(INSERT_IMAGES, [
+        [n.sha256 for n in new], [n.format for n in new], [n.width for n in new],
+        [n.height for n in new], [n.exif_orientation for n in new], [n.byte_size for n in new],
+        *_fact_arrays([n.facts for n in new])]).fetchall()
+    ids = {bytes(sha): image_id for image_id, sha, _inserted in rows}
+    conn.execute(
+        "INSERT INTO embeddings (image_id, model_id, embedding) "
+        "SELECT n.image_id, %s, n.embedding FROM unnest(%s::bigint[], %b::halfvec[]) "
+        "AS n(image_id, embedding) ON CONFLICT DO NOTHING",
+        (model_id, [ids[n.sha256] for n in new], [_halfvec_binary(n.embedding) for n in new]))
+    conn.execute(
+        "INSERT INTO thumbnails (image_id, width, height, webp) "
+        "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::smallint[], %b::bytea[]) "
+        "ON CONFLICT DO NOTHING",
+        ([ids[n.sha256] for n in new], [n.thumbnail[1] for n in new],
+         [n.thumbnail[2] for n in new], [n.thumbnail[0] for n in new]))
+    return ids, sum(1 for row in rows if row[2])
+
+
+def _write_locations(conn: psycopg.Connection, work: BatchWork, locations: list[LocationRow],
+                     ids: dict[bytes, int]) -> None:
+    locations = sorted(locations, key=lambda loc: loc.relpath)
+    paths = [loc.relpath for loc in locations]
+    # Paths seen before with other bytes (the file was edited): their old image may be left
+    # with no copy anywhere, and a search must not offer a photo that exists nowhere.
+    previous = [r[0] for r in conn.execute(
+        "SELECT image_id FROM locations WHERE root = %s AND relpath_bytes = ANY(%b)", (work.root, paths))]
+    conn.execute(
+        "INSERT INTO locations AS l (image_id, root, relpath, relpath_bytes, source, album, byte_size, "
+        "mtime_ns, inode, source_meta, run_id) "
+        "SELECT n.image_id, %s, n.relpath, n.relpath_bytes, n.source, n.album, n.byte_size, n.mtime_ns, "
+        "n.inode, n.source_meta, %s FROM unnest(%s::bigint[], %s::text[], %b::bytea[], %s::text[], "
+        "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::jsonb[]) AS n(image_id, relpath, "
+        "relpath_bytes, source, album, byte_size, mtime_ns, inode, source_meta) "
+        "ON CONFLICT (root, relpath_bytes) DO UPDATE SET image_id = EXCLUDED.image_id, "
+        "source = EXCLUDED.source, album = EXCLUDED.album, byte_size = EXCLUDED.byte_size, "
+        "mtime_ns = EXCLUDED.mtime_ns, inode = EXCLUDED.inode, source_meta = EXCLUDED.source_meta, "
+        "run_id = EXCLUDED.run_id, updated_at = now()",
+        (work.root, work.run_id, [ids[loc.sha256] for loc in locations],
+         [storable(display_path(p)) for p in paths], paths, [loc.source for loc in locations],
+         [_text(loc.album) for loc in locations], [loc.byte_size for loc in locations],
+         [loc.mtime_ns for loc in locations], [loc.inode for loc in locations],
+         [json.dumps(storable_json(loc.source_meta)) for loc in locations]))
+    # A path that now holds an image is no longer a skipped non-image.
+    conn.execute("DELETE FROM skipped_files WHERE root = %s AND relpath_bytes = ANY(%b)", (work.root, paths))
+    delete_orphan_images(conn, previous)
+
+
+def _write_content(conn: psycopg.Connection, work: BatchWork, part: BatchOutcome) -> tuple[dict[bytes, int], int]:
+    """Images, vectors, thumbnails, merged facts and locations of (part of) a batch; returns the
+    ids it learned and how many images it really inserted."""
+    ids, inserted = _write_images(conn, work.model_id, part.new_images)
+    ids.update(part.known_ids)
+    known = sorted(part.known_facts, key=lambda item: item[0])
     if known:
         conn.execute(UPDATE_KNOWN_IMAGES, [[i for i, _ in known], *_fact_arrays([f for _, f in known])])
-    locations = sorted(outcome.locations, key=lambda loc: loc.relpath)
-    if locations:
-        # Paths seen before with other bytes (the file was edited): their old image may be left
-        # with no copy anywhere, and a search must not offer a photo that exists nowhere.
-        previous = [r[0] for r in conn.execute(
-            "SELECT image_id FROM locations WHERE root = %s AND relpath_bytes = ANY(%b)",
-            (work.root, [loc.relpath for loc in locations]))]
-        conn.execute(
-            "INSERT INTO locations AS l (image_id, root, relpath, relpath_bytes, source, album, byte_size, "
-            "mtime_ns, source_meta, run_id) "
-            "SELECT n.image_id, %s, n.relpath, n.relpath_bytes, n.source, n.album, n.byte_size, n.mtime_ns, "
-            "n.source_meta, %s FROM unnest(%s::bigint[], %s::text[], %b::bytea[], %s::text[], %s::text[], "
-            "%s::bigint[], %s::bigint[], %s::jsonb[]) AS n(image_id, relpath, relpath_bytes, source, album, "
-            "byte_size, mtime_ns, source_meta) "
-            "ON CONFLICT (root, relpath_bytes) DO UPDATE SET image_id = EXCLUDED.image_id, "
-            "source = EXCLUDED.source, album = EXCLUDED.album, byte_size = EXCLUDED.byte_size, "
-            "mtime_ns = EXCLUDED.mtime_ns, source_meta = EXCLUDED.source_meta, run_id = EXCLUDED.run_id, "
-            "updated_at = now()",
-            (work.root, work.run_id, [ids[loc.sha256] for loc in locations],
-             [display_path(loc.relpath) for loc in locations], [loc.relpath for loc in locations],
-             [loc.source for loc in locations], [loc.album for loc in locations],
-             [loc.byte_size for loc in locations], [loc.mtime_ns for loc in locations],
-             [json.dumps(loc.source_meta) for loc in locations]))
-        # A path that now holds an image is no longer a skipped non-image.
-        conn.execute("DELETE FROM skipped_files WHERE root = %s AND relpath_bytes = ANY(%b)",
-                     (work.root, [loc.relpath for loc in locations]))
-        delete_orphan_images(conn, previous)
-    if outcome.failures:
-        with conn.cursor() as cur:
-            cur.executemany(
+    if part.locations:
+        _write_locations(conn, work, part.locations, ids)
+    return ids, inserted
+
+
+def split_by_file(outcome: BatchOutcome, ids: dict[bytes, int]) -> Iterator[tuple[LocationRow, BatchOutcome]]:
+    """The batch's content as one small outcome per file, in order. A file carries the new image of
+    its bytes unless an earlier file wrote it (``ids``, filled in by the caller as parts succeed)."""
+    new_by_sha = {n.sha256: n for n in outcome.new_images}
+    facts_by_id: dict[int, list[tuple[int, ImageFacts]]] = {}
+    for image_id, facts in outcome.known_facts:
+        facts_by_id.setdefault(image_id, []).append((image_id, facts))
+    for loc in outcome.locations:
+        part = BatchOutcome(locations=[loc])
+        known_id = ids.get(loc.sha256, outcome.known_ids.get(loc.sha256))
+        if known_id is not None:
+            part.known_ids = {loc.sha256: known_id}
+            part.known_facts = facts_by_id.pop(known_id, [])
+        else:
+            part.new_images = [new_by_sha[loc.sha256]]
+        yield loc, part
+
+
+def _write_file_by_file(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome,
+                        batch_error: Exception) -> tuple[int, int, list[Failure]]:
+    """The slow path after the database refused the batch: each file in its own savepoint, so only
+    the files it refuses fail (stage 'write'). Returns (inserted, locations written, failures)."""
+    log.warning("run %s batch %s: the database refused the batch (%s); writing it file by file",
+                work.run_id, work.batch_no, str(batch_error).strip().splitlines()[0] if str(batch_error) else
+                type(batch_error).__name__)
+    ids: dict[bytes, int] = {}
+    inserted = written = 0
+    failures: list[Failure] = []
+    for loc, part in split_by_file(outcome, ids):
+        try:
+            with conn.transaction():
+                learned, added = _write_content(conn, work, part)
+        except Exception as exc:
+            if not _refused_by_row(exc, conn):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failures.append((loc.relpath, "write", f"the database refused it: {reason}", loc.byte_size,
+                             loc.mtime_ns))
+            continue
+        ids.update(learned)
+        inserted += added
+        written += 1
+    return inserted, written, failures
+
+
+def _write_each(conn: psycopg.Connection, sql: str, rows: list[tuple], what: str) -> None:
+    """executemany, and should one row be refused, the others one by one (that one is logged)."""
+    if not rows:
+        return
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql, rows)
+        return
+    except Exception as exc:
+        if not _refused_by_row(exc, conn):
+            raise
+    for row in rows:
+        try:
+            with conn.transaction():
+                conn.execute(sql, row)
+        except Exception as exc:
+            if not _refused_by_row(exc, conn):
+                raise
+            log.error("cannot record %s for %r: %s", what, row[3] if len(row) > 3 else row, exc)
+
+
+def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome,
+                worker: str) -> dict[str, int]:
+    """Writes one batch's results and marks it done, in the caller's transaction.
+
+    A row the database refuses (a value out of range, a path too long to index) costs only its
+    file, which becomes a 'write' failure: the batch is then written again file by file.
+    """
+    failures = list(outcome.failures)
+    try:
+        with conn.transaction():
+            _ids, inserted = _write_content(conn, work, outcome)
+        written = len(outcome.locations)
+    except Exception as exc:
+        if not _refused_by_row(exc, conn):
+            raise
+        inserted, written, refused = _write_file_by_file(conn, work, outcome, exc)
+        failures += refused
+    _write_each(conn,
                 "INSERT INTO ingest_failures (run_id, root, relpath, relpath_bytes, source, stage, reason, "
                 "byte_size, mtime_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (run_id, root, relpath_bytes) DO UPDATE SET stage = EXCLUDED.stage, "
+                "ON CONFLICT (run_id, root, sha256(relpath_bytes)) DO UPDATE SET stage = EXCLUDED.stage, "
                 "reason = EXCLUDED.reason, created_at = now()",
-                [(work.run_id, work.root, display_path(path), path, work.source, stage, reason, size, mtime)
-                 for path, stage, reason, size, mtime in outcome.failures])
-    if outcome.ignored:
-        with conn.cursor() as cur:
-            cur.executemany(
+                [(work.run_id, work.root, storable(display_path(path)), path, work.source, stage,
+                  storable(reason)[:2000], size, mtime) for path, stage, reason, size, mtime in failures],
+                "a failure")
+    _write_each(conn,
                 "INSERT INTO skipped_files (root, relpath_bytes, relpath, byte_size, mtime_ns, reason) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (root, relpath_bytes) DO UPDATE SET "
                 "byte_size = EXCLUDED.byte_size, mtime_ns = EXCLUDED.mtime_ns, reason = EXCLUDED.reason, "
                 "seen_at = now()",
-                [(work.root, path, display_path(path), size, mtime, why)
-                 for path, size, mtime, why in outcome.ignored])
+                [(work.root, path, storable(display_path(path)), size, mtime, storable(why))
+                 for path, size, mtime, why in outcome.ignored],
+                "a skipped file")
     counts = {
-        "images_new": len(new),
-        "images_known": len(outcome.locations) - len(new),
+        "images_new": inserted,
+        "images_known": written - inserted,
         "ignored": len(outcome.ignored),
-        "failed": len(outcome.failures),
+        "failed": len(failures),
     }
     conn.execute(
         "UPDATE ingest_batches SET state = 'done', payload = NULL, finished_at = now(), worker = %s, "
-        "images_new = %s, images_known = %s, ignored = %s, failed = %s, timings = %s "
+        "images_new = %s, images_known = %s, ignored = %s, failed = %s, timings = %s, error = NULL "
         "WHERE run_id = %s AND batch_no = %s",
         (worker, counts["images_new"], counts["images_known"], counts["ignored"], counts["failed"],
          json.dumps({k: round(v, 4) for k, v in outcome.timings.items()}), work.run_id, work.batch_no))

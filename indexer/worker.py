@@ -72,9 +72,28 @@ def _register_tasks(app: Celery) -> None:
 
     from clipdex.database import DatabaseError
 
+    class BatchTask(app.Task):
+        """A batch whose task fails for good (not a database outage, which is retried) is marked
+        failed with the error: `clipdex status` shows it and the run can finish."""
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            from clipdex.database import open_database
+            from indexer import store
+
+            run_id, batch_no = args
+            try:
+                with open_database(app.conf.clipdex_settings).connect(autocommit=True) as conn:
+                    if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}"):
+                        model_id = store.deferred_index_model(conn, run_id)
+                        if model_id is not None:
+                            build_vector_index.delay(model_id)
+            except Exception:
+                log.exception("cannot mark run %s batch %s as failed", run_id, batch_no)
+
     # The database going away (restart, network) is waited out: the batch is retried with backoff
     # until it can be written. Nothing was written before the error, so a retry is safe.
-    @app.task(name="clipdex.embed_batch", bind=True, autoretry_for=(psycopg.OperationalError, DatabaseError),
+    @app.task(name="clipdex.embed_batch", bind=True, base=BatchTask,
+              autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, retry_jitter=False, max_retries=None)
     def embed_batch(self, run_id: int, batch_no: int) -> dict | None:
         """Indexes one stored batch. Safe to run twice: a batch that is done is skipped."""
@@ -94,8 +113,9 @@ def _register_tasks(app: Celery) -> None:
         from clipdex.database import open_database
         from indexer import store
 
-        with open_database(app.conf.clipdex_settings).connect(autocommit=True) as conn:
-            return store.build_vector_index(conn, model_id)
+        settings = app.conf.clipdex_settings
+        with open_database(settings).connect(autocommit=True) as conn:
+            return store.build_vector_index(conn, model_id, settings.lock_timeout)
 
 
 app = make_celery(Settings.from_env())

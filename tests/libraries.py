@@ -91,6 +91,43 @@ def heic(seed: int, size=(96, 64), **exif) -> bytes:
     return out.getvalue()
 
 
+def heic_rotated_by_exif_only(seed: int, size=(96, 64), orientation: int = 6) -> bytes:
+    """A HEIC whose only rotation is its EXIF Orientation, as an iPhone 7 or a Galaxy photo edited
+    in Windows Photos writes it: pillow-heif turns the EXIF value into an `irot` box when saving,
+    so that box is made inert afterwards (renamed, its association no longer essential)."""
+    import struct
+
+    data = bytearray(heic(seed, size, orientation=orientation))
+
+    def boxes(start: int, end: int):
+        at = start
+        while at < end:
+            length, kind = struct.unpack_from(">I4s", data, at)
+            yield kind, at, at + length
+            at += length
+
+    meta = next((s, e) for kind, s, e in boxes(0, len(data)) if kind == b"meta")
+    inner = {kind: (s, e) for kind, s, e in boxes(meta[0] + 12, meta[1])}
+    iprp = {kind: (s, e) for kind, s, e in boxes(inner[b"iprp"][0] + 8, inner[b"iprp"][1])}
+    properties = list(boxes(iprp[b"ipco"][0] + 8, iprp[b"ipco"][1]))
+    index = next(i for i, (kind, _s, _e) in enumerate(properties, start=1) if kind == b"irot")
+    data[properties[index - 1][1] + 4:properties[index - 1][1] + 8] = b"xrot"
+    at = iprp[b"ipma"][0] + 8
+    version, flags = data[at], data[at + 3]
+    entries = struct.unpack_from(">I", data, at + 4)[0]
+    at += 8
+    for _ in range(entries):
+        at += 2 if version < 1 else 4
+        count, at = data[at], at + 1
+        for _ in range(count):
+            width = 2 if flags & 1 else 1
+            value = int.from_bytes(data[at:at + width], "big")
+            if value & (0x7FFF if width == 2 else 0x7F) == index:
+                data[at:at + width] = (value & (0x7FFF if width == 2 else 0x7F)).to_bytes(width, "big")
+            at += width
+    return bytes(data)
+
+
 def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
     """A PNG whose header claims an enormous size (its pixel data is a few bytes)."""
     import struct

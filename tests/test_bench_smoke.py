@@ -11,7 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["decode", "write", "ingest", "search", "enqueue", "memory"])
+@pytest.mark.parametrize("name", ["decode", "write", "ingest", "search", "enqueue", "memory",
+                                  "decode_memory"])
 def test_benchmark_smoke(name, tmp_path):
     out = tmp_path / f"{name}.json"
     proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", "--json", str(out)],

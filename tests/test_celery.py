@@ -167,3 +167,40 @@ def test_rabbitmq_works_as_the_broker_too(settings, tmp_path):
         wait_for(run_finished(db.url, plan.run_id), 120, "the run over RabbitMQ", log_dir=logs)
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (30, 30)
+
+
+def test_a_task_that_fails_for_good_marks_its_batch_and_the_run_finishes(settings, redis_url, tmp_path,
+                                                                          tiny_model_dir):
+    """Once: a failing task left `ingest_batches.error` empty and the run at `[running] 0/1` forever.
+    Here the only worker runs another model than the run asks for: each batch fails for good, is
+    marked failed with the reason, and the run finishes; `clipdex resume` with the right worker
+    then indexes everything."""
+    import shutil
+
+    library = tmp_path / "lib"
+    for i in range(20):
+        L.write(library / f"p{i:02}.png", L.png(1700 + i))
+    producer = settings.replace(broker_url=redis_url, task_files=10, task_timeout=10)
+    other_model = tmp_path / "other-clip"
+    shutil.copytree(tiny_model_dir, other_model)
+    db = open_database(producer)
+    plan = plan_run(producer, db, library, mode="celery")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with workers(producer, {"wrong": {"CLIPDEX_MODEL": f"local-dir:{other_model}"}}, logs):
+        enqueue(producer, db, plan.run_id, plan.batches)
+        wait_for(run_finished(db.url, plan.run_id), 120, "the run with failed batches", log_dir=logs)
+    status = run_cli("status", str(plan.run_id), env=producer.to_environ()).stdout
+    assert "[done]" in status and "batches 0/2 (2 failed)" in status and "failed 20" in status
+    assert "WrongModel: this worker runs model local-dir:other-clip" in status
+    with psycopg.connect(db.url) as conn:
+        stages = conn.execute("SELECT stage, count(*) FROM ingest_failures WHERE run_id = %s GROUP BY 1",
+                              (plan.run_id,)).fetchall()
+    assert stages == [("batch", 20)]
+    with workers(producer, {"right": {}}, logs):
+        assert "2 batches queued again" in run_cli("resume", str(plan.run_id), env=producer.to_environ()).stdout
+        wait_for(run_finished(db.url, plan.run_id), 120, "the resumed run", log_dir=logs)
+    status = run_cli("status", str(plan.run_id), env=producer.to_environ()).stdout
+    assert "batches 2/2" in status and "new 20" in status and "failed 0" in status
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM ingest_failures WHERE run_id = %s", (plan.run_id,)).fetchone()[0] == 0

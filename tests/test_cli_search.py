@@ -39,3 +39,21 @@ def test_embed_text_fills_the_cache_for_psql(library):
     assert "SELECT * FROM search_text('an old  lighthouse');" in out
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT count(*) FROM search_text('an old lighthouse', 4)").fetchone()[0] == 4
+
+
+def test_terminal_output_escapes_control_characters(settings, tmp_path):
+    """Once: `clipdex status --failures` printed file names raw; one with escape sequences set the
+    terminal's title and forged an output line."""
+    from tests import libraries as L
+
+    hostile = "\x1b]0;pwned\x07evil\nrun 999  lib/forged.jpg  [read] all good\x1b[2K.jpg"
+    L.write(tmp_path / "lib" / hostile, "not a picture")
+    L.write(tmp_path / "lib" / "fine.png", L.png(1600))
+    env = settings.to_environ()
+    run_cli("index", str(tmp_path / "lib"), env=env)
+    for args in (("status", "1", "--failures"), ("status", "1"), ("search", "x", "--limit", "5")):
+        out = run_cli(*args, env=env).stdout
+        assert "\x1b" not in out and "\x07" not in out, args
+        assert not any(line.startswith("run 999") for line in out.splitlines()), args
+    failures = run_cli("status", "1", "--failures", env=env).stdout
+    assert "\\x1b]0;pwned\\x07evil\\x0arun 999" in failures

@@ -134,3 +134,39 @@ def test_embedded_default_started_twice_in_parallel_gives_one_server(tmp_path):
         assert run_cli("db", "url", env=env).stdout.strip() == url
     finally:
         embedded.stop(home)
+
+
+def test_a_lock_held_by_a_reader_is_reported_not_waited_on_forever(settings, db, tmp_path):
+    """Once: a SELECT-only role blocked all indexing with pg_advisory_lock(...), and indexing hung
+    without a word. Now indexing waits CLIPDEX_LOCK_TIMEOUT seconds and names the session."""
+    from tests import libraries as L
+    from tests.conftest import run_cli
+
+    for i in range(3):
+        L.write(tmp_path / "lib" / f"p{i}.png", L.png(1500 + i))
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS clipdex_blocker")
+        conn.execute("CREATE ROLE clipdex_blocker LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA public TO clipdex_blocker")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO clipdex_blocker")
+    blocker_url = db.url.replace("postgresql://postgres:@", "postgresql://clipdex_blocker:@")
+    try:
+        with psycopg.connect(blocker_url, autocommit=True, application_name="mischief") as blocker:
+            pid = blocker.execute("SELECT pg_backend_pid()").fetchone()[0]
+            blocker.execute("SELECT pg_advisory_lock(hashtext('embeddings_hnsw_model_1'))")
+            proc = run_cli("index", str(tmp_path / "lib"), env={**settings.to_environ(), "CLIPDEX_LOCK_TIMEOUT": "2"},
+                           check=False, timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"pid {pid} (role clipdex_blocker, mischief" in proc.stderr
+        assert "waited 2 s for a lock" in proc.stderr and "pg_terminate_backend" in proc.stderr
+        with psycopg.connect(db.url) as conn:
+            error = conn.execute("SELECT error FROM ingest_batches").fetchone()[0]
+        assert "clipdex_blocker" in error
+        # With the lock gone, the same command goes on.
+        again = run_cli("index", str(tmp_path / "lib"), env=settings.to_environ())
+        assert "indexed 3 new images" in again.stdout
+    finally:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM clipdex_blocker")
+            conn.execute("REVOKE ALL ON SCHEMA public FROM clipdex_blocker")
+            conn.execute("DROP ROLE clipdex_blocker")

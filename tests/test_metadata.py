@@ -158,6 +158,26 @@ def test_png_without_metadata_reads_as_nothing():
     assert read_embedded_metadata(reopened(Image.new("RGB", (16, 16)), "PNG")) == NOTHING
 
 
+@pytest.mark.parametrize("tail", ['\x00\x00\x00', "\n<garbage from a .NET writer\x01\x02", "<?xpacket end='w'?>\n<x"])
+def test_xmp_with_bytes_after_its_end_is_read_up_to_the_metadata(tail):
+    """Seen in a real PNG from a metadata library's test set: bytes after `<?xpacket end="r"?>`
+    made the XML parser refuse the whole packet, and every XMP field was lost."""
+    meta = read_embedded_metadata(png_with_xmp(SCREENSHOT_XMP + tail))
+    assert (meta.taken_local, meta.utc_offset_minutes, meta.screenshot) == (datetime(2023, 4, 3, 10, 17, 42), 120, True)
+
+
+@pytest.mark.parametrize("written, taken_local, offset", [
+    ("2024-04-22T14:38:09.526GMT+02:00", datetime(2024, 4, 22, 14, 38, 9, 526000), 120),   # Apple Vision Pro
+    ("2024-04-22T14:38:09GMT-05:30", datetime(2024, 4, 22, 14, 38, 9), -330),
+    ("2024-04-22T14:38:09 UTC+0100", datetime(2024, 4, 22, 14, 38, 9), 60),
+    ("2024-04-22T14:38:09GMT", datetime(2024, 4, 22, 14, 38, 9), 0),
+])
+def test_xmp_dates_with_a_gmt_offset(written, taken_local, offset):
+    meta = read_embedded_metadata(png_with_xmp(CREATE_DATE_XMP.replace("2021-06-07T08:09", written)))
+    assert (meta.taken_local, meta.utc_offset_minutes) == (taken_local, offset)
+    assert resolve_capture_time(meta).source == "exif"
+
+
 @pytest.mark.parametrize("xmp", [
     SCREENSHOT_XMP.replace("</x:xmpmeta>", ""),  # not well-formed
     '<!DOCTYPE x [<!ENTITY s "Screenshot">]>' + SCREENSHOT_XMP.split("?>", 1)[1].replace(">Screenshot<", ">&s;<"),

@@ -145,9 +145,17 @@ def test_cursors_that_we_did_not_make_are_refused(sconn):
     wrong_size = Cursor(np.ones(data.dim + 1, np.float32), {}, 10, 0.1, 5).encode()
     with pytest.raises(QueryError, match="not a cursor for this model"):
         search(db, conn, data.model_key, cursor=wrong_size)
-    bad_filter = Cursor(np.ones(data.dim, np.float32), {"colour": ["red"]}, 10, 0.1, 5).encode()
+    unit = np.ones(data.dim, np.float32) / np.sqrt(data.dim)
+    bad_filter = Cursor(unit, {"colour": ["red"]}, 10, 0.1, 5).encode()
     with pytest.raises(QueryError, match="unknown filter"):
         search(db, conn, data.model_key, cursor=bad_filter)
+    # Degenerate vectors would rank by nothing and score NaN (invalid JSON): refused.
+    for vector in (np.zeros(data.dim, np.float32), unit * 3, np.full(data.dim, np.nan, np.float32)):
+        with pytest.raises(QueryError, match="cursor"):
+            search(db, conn, data.model_key, cursor=Cursor(vector, {}, 10, 0.1, 5).encode())
+    for distance, image_id in ((float("nan"), 5), (7.0, 5), (0.1, 0), (0.1, 2**63)):
+        with pytest.raises(QueryError, match="cursor"):
+            search(db, conn, data.model_key, cursor=Cursor(unit, {}, 10, distance, image_id).encode())
 
 
 @pytest.mark.parametrize("params, message", [
@@ -243,3 +251,47 @@ def test_an_indexed_image_finds_itself_first_through_every_filter(settings, db, 
         assert len(only_qq) == 8 and all(ids[p] in only_qq for p in ids if p.startswith("chat/"))
         # % and _ in a path prefix are literal characters, not patterns.
         assert top(gif, path="lib/chat/Tencent Files/1234567_") == []
+
+
+def test_psql_functions_hold_at_the_edges(synthetic_db):
+    """Once: similar_to(<missing id>, k) gave k arbitrary rows, similar_to(1, 2147483647) failed with
+    integer out of range, and nearest_images() came back short when the index scan hit its bound."""
+    from pgvector.psycopg import register_vector
+
+    url, data = synthetic_db
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        assert conn.execute("SELECT count(*) FROM similar_to(987654321, 10)").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM similar_to(%s, 2147483647)",
+                            (int(data.ids[0]),)).fetchone()[0] == N - 1
+        query = "(SELECT embedding FROM embeddings WHERE image_id = %s)"
+        conn.execute("SET hnsw.max_scan_tuples = 100")          # a small scan bound: the index stops early
+        conn.execute("SET hnsw.ef_search = 40")
+        rows = conn.execute(f"SELECT id FROM nearest_images({query}, 500)", (int(data.ids[4]),)).fetchall()
+        assert len(rows) == 500
+        assert [r[0] for r in rows] == exact_sql(conn, data, data.vectors[4].astype(np.float32), "true", 500)
+        with pytest.raises(psycopg.errors.RaiseException, match="dimensions"):
+            conn.execute("SELECT * FROM nearest_images('[1,0,0]'::halfvec, 5)")
+
+
+def test_a_poisoned_text_cache_is_refused_and_replaced(settings, db, tmp_path):
+    """Another role with write access to text_embeddings once made every `q=dog` a 500 with a 3-d
+    vector. Cached vectors are checked (size, unit length): psql refuses a bad one with a hint, and a
+    search embeds the text again and replaces it."""
+    for i in range(6):
+        L.write(tmp_path / "lib" / f"p{i}.png", L.png(1400 + i))
+    index_folder(settings, db, tmp_path / "lib", out=None)
+    model = load_model(settings)
+    with db.connect(autocommit=True) as conn:
+        model_id = conn.execute("SELECT id FROM models").fetchone()[0]
+        for query, vector in (("dog", "[1,0,0]"), ("cat", "[" + ",".join(["0.5"] * model.dim) + "]")):
+            conn.execute("INSERT INTO text_embeddings (model_id, query, embedding) VALUES (%s, %s, %s::halfvec)",
+                         (model_id, query, vector))
+        with pytest.raises(psycopg.errors.RaiseException, match="not a unit vector of the active model"):
+            conn.execute("SELECT text_embedding('dog')")
+        for text in ("dog", "cat"):
+            page = search(db, conn, model.key, spec=QuerySpec([(text, 1.0)]), model=model, limit=3)
+            assert len(page.hits) == 3
+            fresh = model.encode_texts([text])[0]
+            stored = np.asarray(conn.execute("SELECT text_embedding(%s)", (text,)).fetchone()[0].to_numpy(), np.float32)
+            assert stored.shape == (model.dim,) and float(stored @ fresh) > 0.999

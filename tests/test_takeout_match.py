@@ -229,6 +229,22 @@ MORE_CASES = [
     one("forgotten-duplicate-alone-stays-low",
         f"{ORIGINAL_P}P(1).jpg", f"{ORIGINAL_P}.json", "forgotten-duplicate", "low"),
     pytest.param(["IMG_12.jpg"], ["IMG_1.json"], {}, id="short-json-base-is-no-forgotten-duplicate"),
+    # Google Photos creations: their own sidecar when Google wrote one, else their source photo's,
+    # marked as derived and low (as GPTH does; the suffixes are English in every export language).
+    pytest.param(["IMG_1.jpg", "IMG_1-COLLAGE.jpg", "IMG_1-ANIMATION.gif", "IMG_1-EFFECTS(1).jpg",
+                  "IMG_1-smile.jpg", "IMG_1-MIX.jpg", "IMG_1-MOTION.jpg"],
+                 ["IMG_1.jpg.supplemental-metadata.json"],
+                 {"IMG_1.jpg": hit("IMG_1.jpg.supplemental-metadata.json"),
+                  **{name: hit("IMG_1.jpg.supplemental-metadata.json", "creation", "low", derived_from="IMG_1.jpg")
+                     for name in ("IMG_1-COLLAGE.jpg", "IMG_1-ANIMATION.gif", "IMG_1-EFFECTS(1).jpg",
+                                  "IMG_1-smile.jpg", "IMG_1-MIX.jpg", "IMG_1-MOTION.jpg")}},
+                 id="creations-take-their-source-photos-sidecar"),
+    pytest.param(["DSC_0245.jpg", "DSC_0245-COLLAGE.jpg"], ["DSC_0245.jpg.json", "DSC_0245-COLLAGE.jpg.json"],
+                 {"DSC_0245.jpg": hit("DSC_0245.jpg.json"), "DSC_0245-COLLAGE.jpg": hit("DSC_0245-COLLAGE.jpg.json")},
+                 id="a-creation-with-its-own-sidecar-keeps-it"),
+    pytest.param(["IMG_9-COLLAGE.jpg", "IMG_9.jpg"], [], {}, id="a-creation-of-a-photo-without-sidecar-has-none"),
+    pytest.param(["-COLLAGE.jpg", "holiday-mix.jpg"], ["holiday.jpg.json"], {},
+                 id="no-source-photo-no-creation-match"),
 ]
 
 
@@ -242,7 +258,7 @@ def test_a_json_is_primary_for_at_most_one_file(media, jsons, expected):
     """Files spelled alike after NFC and case folding are one file (copies from two parts)."""
     holders = {}
     for name, match in match_sidecars(media[::-1], jsons).items():
-        if match.confidence == "high" and match.how not in {"edited", "motion-part", "live-photo"}:
+        if match.confidence == "high" and match.how not in {"edited", "motion-part", "live-photo", "creation"}:
             holders.setdefault(match.sidecar, set()).add(unicodedata.normalize("NFC", name).casefold())
     assert all(len(files) == 1 for files in holders.values())
 

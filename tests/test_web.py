@@ -153,14 +153,50 @@ def test_status_api_matches_the_cli(client, library):
 def test_access_token(library):
     settings, _db, _root = library
     client = create_app(settings.replace(access_token="s3cret-token")).test_client()
-    assert client.get("/api/search?q=x").status_code == 401
-    assert client.get("/api/search?q=x", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    missing = client.get("/api/search?q=x")
+    assert missing.status_code == 401 and "token is required" in missing.get_json()["error"]["message"]
+    wrong = client.get("/api/search?q=x", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.get_json()["error"]["message"] == "Wrong access token."
     assert client.get("/api/search?q=x", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
     assert client.get("/healthz").status_code == 200
-    login = client.get("/?token=s3cret-token&q=car")
-    assert login.status_code == 302 and login.headers["Location"] == "/?q=car"
-    assert "HttpOnly" in login.headers["Set-Cookie"]
-    assert client.get("/").status_code == 200          # the cookie now stands in for the token
+    # The token never travels in an address (logs, history): ?token= is not a way in.
+    assert client.get("/api/search?q=x&token=s3cret-token").status_code == 401
+    page = client.get("/?q=car&token=s3cret-token")
+    assert page.status_code == 303 and page.headers["Location"].startswith("/login?next=")
+    # A browser signs in through a form; the cookie stands in for the token afterwards.
+    form = client.get(page.headers["Location"])
+    assert form.status_code == 200 and b'type="password"' in form.data
+    refused = client.post("/login", data={"token": "nope", "next": "/?q=car"})
+    assert refused.status_code == 401 and b"Wrong access token" in refused.data
+    signed_in = client.post("/login", data={"token": "s3cret-token", "next": "/?q=car"})
+    assert signed_in.status_code == 303 and signed_in.headers["Location"] == "/?q=car"
+    assert "HttpOnly" in signed_in.headers["Set-Cookie"] and "SameSite=Strict" in signed_in.headers["Set-Cookie"]
+    assert client.get("/").status_code == 200
+    assert client.get("/api/search?q=x").status_code == 200
+    # Only paths on this site are followed after signing in.
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        away = create_app(settings.replace(access_token="s3cret-token")).test_client().post(
+            "/login", data={"token": "s3cret-token", "next": target})
+        assert away.headers["Location"] == "/"
+
+
+def test_only_loopback_host_names_without_a_token(library):
+    """DNS rebinding: a page on evil.example that points its name at 127.0.0.1 must not read photos."""
+    settings, _db, _root = library
+    client = create_app(settings).test_client()
+    for host in ("localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "photos.localhost"):
+        assert client.get("/api/filters", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "evil.example:5000", "127.0.0.1.evil.example", "192.168.1.20:5000"):
+        response = client.get("/api/filters", headers={"Host": host})
+        assert response.status_code == 421, host
+        assert "CLIPDEX_WEB_HOSTNAMES" in response.get_json()["error"]["message"]
+    named = create_app(settings.replace(web_hostnames=("photos.lan",))).test_client()
+    assert named.get("/api/filters", headers={"Host": "Photos.LAN:5000"}).status_code == 200
+    assert named.get("/api/filters", headers={"Host": "evil.example"}).status_code == 421
+    # With a token, the token is the protection: any name (a LAN address, a domain) is fine.
+    tokened = create_app(settings.replace(access_token="t0ken")).test_client()
+    assert tokened.get("/api/filters", headers={"Host": "192.168.1.20:5000",
+                                                "Authorization": "Bearer t0ken"}).status_code == 200
 
 
 def test_security_headers(client):

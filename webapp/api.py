@@ -20,7 +20,8 @@ def run_search(sr: SearchRequest) -> Page:
     with rt.connection() as conn:
         return search(rt.database, conn, rt.model_key, spec=sr.spec, model=LazyModel(rt.settings),
                       filters=sr.filters, limit=sr.limit, cursor=sr.cursor,
-                      max_pixels=min(rt.settings.max_pixels, 100_000_000), ef_search=rt.settings.ef_search)
+                      max_pixels=min(rt.settings.max_pixels, 100_000_000), ef_search=rt.settings.ef_search,
+                      decode_budget=rt.decode_budget)
 
 
 def similar(image_id: int, limit: int = SIMILAR) -> Page:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from flask import Flask, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from clipdex.database import DatabaseError
 from clipdex.model import ModelUnavailable
-from clipdex.search import NotFound, QueryError
+from clipdex.search import Conflict, NotFound, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,17 @@ def error_response(status: int, message: str):
     return render_template("error.html", status=status, message=message), status
 
 
+def _too_large_message(app: Flask) -> str:
+    """What was too large: the body, or (for a small body) the number or size of its form parts."""
+    limit = app.config["CLIPDEX_SETTINGS"].upload_max_bytes
+    length = request.content_length
+    if length is None or length > app.config["MAX_CONTENT_LENGTH"]:
+        return f"The upload is larger than {limit / 2**20:.0f} MiB."
+    parts = request.max_form_parts
+    return (f"The form has too many parts (at most {parts}) or a text field over "
+            f"{request.max_form_memory_size // 1024} KiB; send fewer, smaller fields.")
+
+
 def install(app: Flask) -> None:
     @app.errorhandler(QueryError)
     def bad_query(exc):
@@ -40,12 +52,15 @@ def install(app: Flask) -> None:
     def not_found(exc):
         return error_response(404, str(exc))
 
+    @app.errorhandler(Conflict)
+    def conflict(exc):
+        return error_response(409, str(exc))
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         message = MESSAGES.get(exc.code) or exc.description or exc.name
         if exc.code == 413:
-            limit = app.config["CLIPDEX_SETTINGS"].upload_max_bytes
-            message = f"The upload is larger than {limit / 2**20:.0f} MiB."
+            message = _too_large_message(app)
         return error_response(exc.code or 500, message)
 
     @app.errorhandler(ModelUnavailable)
@@ -53,6 +68,12 @@ def install(app: Flask) -> None:
     def unavailable(exc):
         log.error("service unavailable: %s", exc)
         return error_response(503, str(exc))
+
+    @app.errorhandler(psycopg.OperationalError)
+    def database_away(exc):
+        # A restart or a network cut: say so at once; the pool reconnects when the server is back.
+        log.error("database unavailable: %s", str(exc).strip())
+        return error_response(503, "The database is not answering right now; try again in a moment.")
 
     @app.errorhandler(Exception)
     def unexpected(exc):

@@ -4,7 +4,6 @@ originals and previews by image id only."""
 from __future__ import annotations
 
 import io
-import os
 
 from flask import Blueprint, Response, redirect, render_template, request, send_file
 
@@ -63,9 +62,12 @@ def original(image_id: int):
     check_image_id(image_id)
     rt = runtime()
     with rt.connection() as conn:
-        found = catalog.find_original(rt.settings, conn, image_id)
-    response = send_file(os.fsdecode(found.path), mimetype=MIMETYPES[found.format], conditional=True,
-                         as_attachment=request.args.get("download") == "1", download_name=found.name)
+        found = catalog.open_original(rt.settings, conn, image_id)
+    body = io.BytesIO(found.data) if found.data is not None else found.handle
+    response = send_file(body, mimetype=MIMETYPES[found.format], conditional=True,
+                         as_attachment=request.args.get("download") == "1", download_name=found.name,
+                         etag=f"o{image_id}-{found.size}-{found.mtime_ns}",
+                         last_modified=found.mtime_ns / 1e9)
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -75,17 +77,18 @@ def preview(image_id: int):
     """A large JPEG for the detail page, made from the original; the thumbnail when it is away."""
     from PIL import Image
 
+    from clipdex.files import FileRefused
     from clipdex.imaging import DecodeFailure, NotAnImage, decode
-    from clipdex.search import NotFound
+    from clipdex.search import Conflict, NotFound
 
     check_image_id(image_id)
     rt = runtime()
     try:
         with rt.connection() as conn:
-            found = catalog.find_original(rt.settings, conn, image_id)
-        with open(found.path, "rb") as handle:
-            image = decode(handle.read(), min_side=PREVIEW_SIDE, max_pixels=rt.settings.max_pixels).image
-    except (NotFound, NotAnImage, DecodeFailure, OSError):
+            found = catalog.open_original(rt.settings, conn, image_id)
+        image = decode(found.read(rt.settings.max_file_bytes), min_side=PREVIEW_SIDE,
+                       max_pixels=rt.settings.max_pixels, budget=rt.decode_budget).image
+    except (NotFound, Conflict, NotAnImage, DecodeFailure, FileRefused, OSError):
         return redirect(f"/thumbnails/{image_id}.webp")
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
     out = io.BytesIO()

@@ -13,11 +13,14 @@ Parameters, the same in every form:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Request
 
-from clipdex.search import DEFAULT_PAGE, MAX_PAGE, Filters, QueryError, QuerySpec, parse_like_term, split_weight
+from clipdex.search import (DEFAULT_PAGE, MAX_PAGE, Filters, QueryError, QuerySpec, check_text, parse_like_term,
+                            split_weight)
 
 QUERY_NAMES = ("q", "not", "like", "limit", "cursor", "token")
 MAX_TERMS = 16
@@ -31,9 +34,27 @@ class SearchRequest:
     cursor: str | None
 
 
+def _json_body(request: Request) -> Any:
+    try:
+        return json.loads(request.get_data(cache=True))
+    except RecursionError:
+        raise QueryError("the JSON body is nested too deeply") from None
+    except ValueError:   # not JSON, or not UTF-8
+        raise QueryError("the JSON body must be an object of parameters") from None
+
+
 def _params(request: Request) -> dict[str, list[str]]:
+    params = _raw_params(request)
+    for name, values in params.items():
+        check_text("parameter name", name)
+        for value in values:
+            check_text(name, value)
+    return params
+
+
+def _raw_params(request: Request) -> dict[str, list[str]]:
     if request.is_json:
-        body = request.get_json(silent=True)
+        body = _json_body(request)
         if not isinstance(body, dict):
             raise QueryError("the JSON body must be an object of parameters")
         params: dict[str, list[str]] = {}

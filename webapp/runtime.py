@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from functools import cached_property
 from typing import Iterator
 
 import psycopg
 from flask import current_app
 
 from clipdex.config import Settings
-from clipdex.database import Database, open_database
+from clipdex.database import Database, DatabaseError, open_database
+from clipdex.imaging import DecodeBudget
+
+
+# How long a request waits for a database connection: after a restart or a network cut the
+# page says so within seconds (503) instead of hanging, and recovers when the server is back.
+CONNECTION_WAIT_SECONDS = 5
 
 
 class AppRuntime:
@@ -19,6 +26,8 @@ class AppRuntime:
         self._database: Database | None = None
         self._pool = None
         self._lock = threading.Lock()
+        # Uploaded query images and previews share one budget of decoded pixels per process.
+        self.decode_budget = DecodeBudget(settings.decode_memory)
 
     @property
     def database(self) -> Database:
@@ -34,13 +43,20 @@ class AppRuntime:
                 self._database = open_database(self.settings)
                 self._pool = ConnectionPool(
                     self._database.url, min_size=1, max_size=16, open=True, name="clipdex-web",
-                    kwargs={"autocommit": True}, configure=register_vector,
-                    check=ConnectionPool.check_connection)
+                    kwargs={"autocommit": True, "connect_timeout": CONNECTION_WAIT_SECONDS},
+                    configure=register_vector, check=ConnectionPool.check_connection,
+                    timeout=CONNECTION_WAIT_SECONDS, reconnect_timeout=0)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
+        from psycopg_pool import PoolTimeout
+
         self._start()
-        with self._pool.connection() as conn:
+        with ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self._pool.connection())
+            except PoolTimeout:
+                raise DatabaseError("The database is not answering right now; try again in a moment.") from None
             yield conn
 
     def model(self):
@@ -48,8 +64,9 @@ class AppRuntime:
 
         return load_model(self.settings)
 
-    @property
+    @cached_property
     def model_key(self) -> str:
+        """Computed once: for a local-dir: model it hashes the weight files."""
         from clipdex.model import ModelSpec
 
         return ModelSpec.from_settings(self.settings).key()

@@ -1,6 +1,7 @@
-"""WSGI entry point for gunicorn: ``gunicorn 'webapp.wsgi:app'``.
+"""WSGI entry point for another server: ``waitress-serve webapp.wsgi:app``, or any WSGI server
+behind a proxy that buffers requests (``clipdex serve`` does both for you).
 
-Set CLIPDEX_WEB_HOST to the address gunicorn binds: on anything but loopback the app refuses to
+Set CLIPDEX_WEB_HOST to the address the server binds: on anything but loopback the app refuses to
 start without CLIPDEX_ACCESS_TOKEN.
 """
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from clipdex.files import open_regular, read_capped
 from clipdex.roots import decode_path, display_path, encode_path
 from indexer.scan import ScannedFile, ScannedFolder
 
@@ -59,6 +60,7 @@ class FileTask:
     mtime_ns: int
     album: str | None = None
     hints: dict[str, Any] = field(default_factory=dict)
+    inode: int = 0     # from the scan, to tell a replaced file; not sent to workers (they fstat)
 
     def to_json(self) -> list:
         return [encode_path(self.relpath), self.size, self.mtime_ns, self.album, self.hints]
@@ -102,7 +104,7 @@ class Plan:
 
     def add(self, part: ScannedFolder, f: ScannedFile, album: str | None = None, **hints: Any) -> None:
         self.tasks.append(FileTask(part.file_relpath(f.name), f.size, f.mtime_ns, album,
-                                   {k: v for k, v in hints.items() if v not in (None, False)}))
+                                   {k: v for k, v in hints.items() if v not in (None, False)}, f.inode))
 
 
 @dataclass(slots=True)
@@ -149,11 +151,12 @@ def detect(components: tuple[str, ...]) -> str:
     return "folder"
 
 
-def read_small_file(path: bytes, limit: int = 4 << 20) -> bytes | None:
-    """Reads a sidecar or album file; None when it is missing, unreadable or too large."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError:
-        return None
-    return data if len(data) <= limit else None
+SIDECAR_MAX_BYTES = 4 << 20   # Takeout sidecars and album files are a few KiB
+
+
+def read_small_file(path: bytes, root_path: Path, limit: int = SIDECAR_MAX_BYTES) -> bytes:
+    """Reads a sidecar or album file, which must lie inside the root being indexed.
+    Raises FileNotFoundError, OSError or FileRefused (too large, not a regular file, outside)."""
+    handle, st = open_regular(path, [os.path.realpath(os.fsencode(root_path))])
+    with handle:
+        return read_capped(handle, st, limit)

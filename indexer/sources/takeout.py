@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clipdex.files import FileRefused
 from clipdex.roots import decode_path, display_path, encode_path
 from indexer.sources import (FileTask, Plan, SourceInfo, VirtualFolder, extension, is_candidate,
                              read_small_file)
@@ -115,6 +116,8 @@ class TakeoutSource:
                                                        "derived_from") if k in hints}
         if hints.get("derived_from"):
             info.image_extra["derived_from"] = hints["derived_from"]
+        if hints.get("match") == "creation":
+            info.image_extra["creation"] = True   # its time and place are its source photo's
         if "album_files" in hints:
             album = _album_metadata(root_path, hints["album_files"], cache)
             if album is not None:
@@ -127,30 +130,37 @@ class TakeoutSource:
         if "sidecar" in hints:
             sidecar_path = decode_path(hints["sidecar"])
             meta["sidecar"] = display_path(sidecar_path)
-            sidecar = _read_json(root_path, sidecar_path, cache)
-            if sidecar is None:
-                meta["sidecar_error"] = "unreadable or not JSON"
+            sidecar, error = _read_json(root_path, sidecar_path, cache)
+            if error is not None:
+                meta["sidecar_error"] = error
             else:
                 _apply_sidecar(info, meta, sidecar, task.name)
         info.source_meta = meta
         return info
 
 
-def _read_json(root_path: Path, relpath: bytes, cache: dict) -> Any:
+def _read_json(root_path: Path, relpath: bytes, cache: dict) -> tuple[Any, str | None]:
+    """(the parsed document, None), or (None, why it cannot be used)."""
     key = ("json", relpath)
     if key not in cache:
-        data = read_small_file(os.path.join(os.fsencode(root_path), relpath))
         try:
-            cache[key] = json.loads(data) if data is not None else None
-        except (ValueError, UnicodeDecodeError):
-            cache[key] = None
+            data = read_small_file(os.path.join(os.fsencode(root_path), relpath), root_path)
+            cache[key] = (json.loads(data), None)
+        except FileRefused as exc:
+            cache[key] = (None, f"sidecar not read: {exc}")
+        except FileNotFoundError:
+            cache[key] = (None, "sidecar vanished before it was read")
+        except OSError as exc:
+            cache[key] = (None, f"sidecar not read: {exc.strerror or exc}")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            cache[key] = (None, "unreadable or not JSON")
     return cache[key]
 
 
 def _album_metadata(root_path: Path, candidates: list, cache: dict) -> dict | None:
     """Title and location from the album's metadata JSON (new and old ``albumData`` forms)."""
     for encoded in candidates:
-        doc = _read_json(root_path, decode_path(encoded), cache)
+        doc, _error = _read_json(root_path, decode_path(encoded), cache)
         if not isinstance(doc, dict):
             continue
         doc = doc.get("albumData", doc) if isinstance(doc.get("albumData"), dict) else doc

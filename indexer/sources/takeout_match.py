@@ -44,7 +44,9 @@ _YEAR_FOLDER = re.compile(r"(?:[^\d\s]+\s)+\d{4}")
 _DATE_FOLDER = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])")
 _PHOTOS_ROOTS = frozenset({"google photos", "google fotos", "google foto", "fotky google",
                            "google фото", "google снимки"})
-_DERIVED = frozenset({"edited", "motion-part", "live-photo"})
+_DERIVED = frozenset({"edited", "motion-part", "live-photo", "creation"})
+# Google Photos creations: always these English words, whatever the export's language.
+CREATION_SUFFIXES = ("-effects", "-smile", "-mix", "-animation", "-collage", "-motion")
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,21 @@ class _Folder:
                         self.record(key, _Found(_fold(name), how, "high", None))
                         break
 
+    def by_creations(self) -> None:
+        """A creation (`X-COLLAGE.jpg`, `X-ANIMATION.gif`, `X-EFFECTS.jpg`…) with no sidecar of its own
+        takes its source photo's: the time and place of the moment it was made from. Its own
+        sidecar, when Google wrote one, was matched by the stricter rules before."""
+        by_stem = {_fold(media.stem): key for key, media in sorted(self.media.items()) if key in self.found}
+        for key in self.pending():
+            media = self.media[key]
+            folded = _fold(media.base)
+            suffix = next((s for s in CREATION_SUFFIXES if folded.endswith(s) and len(folded) > len(s)), None)
+            if suffix is None:
+                continue
+            source = by_stem.get(folded[:-len(suffix)])
+            if source is not None and source != key:
+                self.record(key, self.found[source]._replace(how="creation", confidence="low", source=source))
+
     def results(self) -> dict[str, SidecarMatch]:
         """Matches under the names as given; an edited copy points at the file that owns its sidecar."""
         owners: dict[str, str] = {}
@@ -351,4 +368,5 @@ def match_sidecars(media_names: Sequence[str], json_names: Sequence[str],
     if titles:
         folder.by_titles(titles)
     folder.by_siblings()
+    folder.by_creations()
     return folder.results()
