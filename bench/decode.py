@@ -1,6 +1,6 @@
 """Decode + preprocess: images per second per core on clipdex's path against a naive full decode.
 
-The clipdex path is what indexer.pipeline._prepare does for a file the database does not know yet:
+The clipdex path is what indexer.prepare does for a file the database does not know yet:
 read the bytes once, SHA-256, clipdex.imaging.decode (JPEG through draft() to the smallest DCT
 scale that still covers the model's input, EXIF read before any pixel), the WebP thumbnail, the
 model's preprocessing. The baseline opens the file with Pillow, decodes it at full size, turns it
@@ -34,7 +34,7 @@ from bench.corpus import DEFAULT_COUNTS, KINDS, kind_of, make_corpus
 from bench.report import Report, timed
 from clipdex.config import Settings
 from clipdex.model import ClipModel, load_model
-from indexer.pipeline import decode_for_model
+from indexer.prepare import decode_for_model
 
 MAX_PIXELS = 180_000_000          # CLIPDEX_MAX_PIXELS default
 TARGET_JPEG_RATIO = 3.0           # the issue's goal for 12 MP camera JPEGs
@@ -47,7 +47,7 @@ CORPUS_ROOT = Path(tempfile.gettempdir()) / "clipdex-bench"
 
 
 def clipdex_prepare(path: Path, model: ClipModel) -> torch.Tensor:
-    """indexer.pipeline's work on a new file, minus the database: the same function it calls."""
+    """indexer.prepare's work on a new file, minus the database: the same function it calls."""
     data = path.read_bytes()
     hashlib.sha256(data).digest()
     return decode_for_model(data, model, MAX_PIXELS)[2]

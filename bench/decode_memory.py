@@ -26,7 +26,7 @@ from pathlib import Path
 from clipdex import database
 from clipdex.config import Settings
 from clipdex.model import load_model
-from indexer.local import index_folder
+from indexer.in_process import index_folder
 url, model, root, budget = sys.argv[1:5]
 settings = Settings(database_url=url, model=model, device="cpu", decode_threads=2,
                     decode_memory=int(budget), max_pixels=250_000_000)
@@ -59,9 +59,9 @@ def run_variant(url: str, model: str, root: Path, budget: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> Report:
-    from clipdex import database, embedded
+    from clipdex import database, embedded_postgres
     from clipdex.config import Settings
-    from clipdex.model import TINY_MODEL_CFG, write_model_folder
+    from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> Report:
         results = {}
         for name, budget in (("no budget (baseline)", 1 << 50), ("default budget", Settings().decode_memory)):
             home = work / f"home-{len(results)}"
-            url = embedded.server_url(home)
+            url = embedded_postgres.server_url(home)
             database.upgrade(url)
             try:
                 results[name] = run_variant(url, model, work / "lib", budget)
             finally:
-                embedded.stop(home)
+                embedded_postgres.stop(home)
         base, bounded = results["no budget (baseline)"], results["default budget"]
         report = Report(f"Decode memory: {args.images} PNGs of {size[0]}×{size[1]} ({bytes_on_disk / 2**20:.1f} MiB "
                         "on disk), 2 decode threads; clipdex = default CLIPDEX_DECODE_MEMORY", "no budget")

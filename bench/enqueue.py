@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.report import Report, fresh_database, peak_rss_mib
-from clipdex import embedded
+from clipdex import embedded_postgres, model_registry
 from clipdex.config import Settings
 
 
@@ -65,10 +65,8 @@ def naive_rate(root: Path, broker: str, limit: int) -> float:
 def mark_indexed(db, run_id: int, model_key: str) -> int:
     """Stores every file the run queued as indexed (image, location, a 2-d vector), as if its
     batches had all been done; returns the number of locations."""
-    from indexer import store
-
     with db.transaction() as conn:
-        model_id = store.register_model(conn, model_key, 2, {}, index=False)
+        model_id = model_registry.register_model(conn, model_key, 2, {}, index=False)
         conn.execute(
             "CREATE TEMP TABLE planned ON COMMIT DROP AS SELECT r.root, b.source, convert_to(f->>0, 'UTF8') AS path, "
             "(f->>1)::bigint AS size, (f->>2)::bigint AS mtime FROM ingest_batches b "
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> Report:
         start = time.perf_counter()
         make_tree(work / "export", files)
         made = time.perf_counter() - start
-        base = embedded.server_url(work / "home")
+        base = embedded_postgres.server_url(work / "home")
         settings = Settings(home=work / "home", database_url=fresh_database(base, "enqueue"), broker_url=broker)
         db = open_database(settings)
         start = time.perf_counter()
@@ -159,7 +157,7 @@ def main(argv: list[str] | None = None) -> Report:
         return report
     finally:
         redis.terminate()
-        embedded.stop(work / "home")
+        embedded_postgres.stop(work / "home")
         shutil.rmtree(work, ignore_errors=True)
 
 

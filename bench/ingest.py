@@ -28,9 +28,9 @@ import psycopg
 
 from bench.corpus import make_corpus
 from bench.report import Report, fresh_database, peak_rss_mib, server_versions
-from clipdex import database, embedded
+from clipdex import database, embedded_postgres
 from clipdex.config import Settings
-from clipdex.model import TINY_MODEL_CFG, write_model_folder
+from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
 SMOKE_COUNTS = {"camera_jpeg": 2, "phone_heic": 1, "screenshot_png": 1, "chat_jpeg": 2, "chat_gif": 1,
                 "chat_webp": 1}
@@ -71,7 +71,7 @@ def library_from(corpus: list[Path], folder: Path, scale: int) -> Path:
 
 def local_run(settings: Settings, library: Path) -> dict:
     from clipdex.model import load_model
-    from indexer.local import index_folder
+    from indexer.in_process import index_folder
 
     db = database.open_database(settings)
     load_model(settings)              # start-up (torch import, weights) is not what is measured
@@ -151,8 +151,8 @@ def celery_run(settings: Settings, library: Path, workers: int, logs: Path, warm
         log = open(logs / f"worker-{workers}-{n}.log", "wb")
         pinning = ["taskset", "-c", str(n % (os.cpu_count() or 1))] if pin else []
         procs.append(subprocess.Popen(
-            [*pinning, sys.executable, "-m", "celery", "-A", "indexer.worker", "worker", "-Q", "embed", "--pool",
-             "solo", "-n", f"bench{n}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            [*pinning, sys.executable, "-m", "clipdex.cli", "worker", "-n", f"bench{n}@%h", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
             env=settings.child_environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     try:
         control = make_celery(settings).control
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> Report:
     home = work / "home"
     redis = None
     try:
-        base = embedded.server_url(home)
+        base = embedded_postgres.server_url(home)
         corpus_dir = args.corpus or Path(tempfile.gettempdir()) / "clipdex-bench" / (
             "corpus-smoke" if args.smoke else "corpus")
         corpus = make_corpus(corpus_dir, SMOKE_COUNTS if args.smoke else None)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> Report:
     finally:
         if redis is not None:
             redis.terminate()
-        embedded.stop(home)
+        embedded_postgres.stop(home)
         shutil.rmtree(work, ignore_errors=True)
 
 

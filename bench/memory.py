@@ -15,13 +15,14 @@ from pathlib import Path
 
 from bench.corpus import make_corpus
 from bench.report import Report
-from clipdex import database, embedded
+from clipdex import database, embedded_postgres
 from clipdex.config import Settings
-from clipdex.model import TINY_MODEL_CFG, load_model, write_model_folder
+from clipdex.model import load_model
+from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
 
 def main(argv: list[str] | None = None) -> Report:
-    from indexer.local import index_folder
+    from indexer.in_process import index_folder
     from tests import libraries as L
     from tests.test_bad_input import bad_library
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> Report:
         corpus_dir = Path(tempfile.gettempdir()) / "clipdex-bench" / ("corpus-smoke" if args.smoke else "corpus")
         corpus = make_corpus(corpus_dir, SMOKE_COUNTS if args.smoke else None)
         shutil.copytree(corpus[0].parent, root / "photos")
-        url = embedded.server_url(work / "home")
+        url = embedded_postgres.server_url(work / "home")
         database.upgrade(url)
         settings = Settings(home=work / "home", database_url=url, device="cpu",
                             model=f"local-dir:{write_model_folder(work / 'model', TINY_MODEL_CFG)}")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> Report:
         report.emit(args.json)
         return report
     finally:
-        embedded.stop(work / "home")
+        embedded_postgres.stop(work / "home")
         shutil.rmtree(work, ignore_errors=True)
 
 

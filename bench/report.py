@@ -157,11 +157,11 @@ def fresh_database(base_url: str, name: str) -> str:
     """A new database next to the embedded server's own, with clipdex's migrations applied."""
     import psycopg
 
-    from clipdex import database, embedded
+    from clipdex import database, embedded_postgres
 
     with psycopg.connect(base_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = base_url.replace(f"/{embedded.DATABASE_NAME}?", f"/{name}?", 1)
+    url = base_url.replace(f"/{embedded_postgres.DATABASE_NAME}?", f"/{name}?", 1)
     database.upgrade(url)
     return url

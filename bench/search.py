@@ -47,9 +47,9 @@ from pgvector import HalfVector
 
 from bench import synthetic
 from bench.report import Report, git_revision, percentile, server_versions
-from clipdex import database, embedded
-from clipdex import search as clipdex_search
+from clipdex import database, embedded_postgres
 from clipdex.search import Filters, ranked_ids
+from clipdex.vocabulary import EF_SEARCH as DEFAULT_EF_SEARCH
 
 log = logging.getLogger("bench.search")
 
@@ -62,7 +62,7 @@ TARGET_P50_MS = 10.0
 TARGET_RECALL = 0.95
 TARGET_RATIO = 500.0
 TARGET_ROWS = 1_000_000           # the issue's targets are stated for this many rows
-EF_SEARCH = clipdex_search.EF_SEARCH   # --ef-search
+EF_SEARCH = DEFAULT_EF_SEARCH   # --ef-search
 TIE_TOLERANCE = 1e-5              # a returned row this close to the k-th exact distance is a hit
 CASES: dict[str, dict[str, list[str]]] = {"unfiltered": {}, **synthetic.SELECTIVITY_FILTERS}
 WORDS = ("red car beach sunset dog cat mountain snow night city street portrait food cake "
@@ -111,12 +111,13 @@ class Library:
 
 
 def with_database(url: str, name: str) -> str:
-    return url.replace(f"/{embedded.DATABASE_NAME}?", f"/{name}?", 1)
+    return url.replace(f"/{embedded_postgres.DATABASE_NAME}?", f"/{name}?", 1)
 
 
 def model_folder(home: Path, dim: int) -> tuple[Path, str]:
     """A random-weight open_clip model whose embed_dim is `dim`, and its clipdex model key."""
-    from clipdex.model import TINY_MODEL_CFG, ModelSpec, write_model_folder
+    from clipdex.model import ModelSpec
+    from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
     folder = home / f"model-d{dim}"
     if not (folder / "open_clip_config.json").exists():
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000, help="images (default 100,000)")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200, help="timed queries per case")
-    parser.add_argument("--ef-search", type=int, default=clipdex_search.EF_SEARCH,
+    parser.add_argument("--ef-search", type=int, default=DEFAULT_EF_SEARCH,
                         help="hnsw.ef_search (CLIPDEX_EF_SEARCH), default %(default)s")
     parser.add_argument("--home", help="CLIPDEX_HOME of the embedded server (default: a folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep and reuse the home folder and database")
@@ -516,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     log.info("CLIPDEX_HOME %s", home)
     lib = None
-    base_url = embedded.server_url(home)
+    base_url = embedded_postgres.server_url(home)
     try:
         model_dir, model_key = model_folder(home, args.dim)
         lib = build_library(base_url, home, args.n, args.dim, model_key, args.keep)
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         if lib is not None and not args.keep and not temporary:
             with psycopg.connect(base_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{lib.name}" WITH (FORCE)')
-        embedded.stop(home)
+        embedded_postgres.stop(home)
         if temporary:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -97,15 +97,3 @@ def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, c
     conn.execute("ANALYZE images")
     conn.execute("ANALYZE embeddings")
     return Synthetic(model_key, model_id, dim, ids, vectors, centers)
-
-
-def exact_top(data: Synthetic, query: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[int]:
-    """The true top-k ids by cosine distance (ties by id), as PostgreSQL computes them."""
-    q = query.astype(np.float16).astype(np.float64)
-    q /= np.linalg.norm(q)
-    v = data.vectors.astype(np.float64)
-    distance = 1 - (v @ q) / np.linalg.norm(v, axis=1)
-    order = np.lexsort((data.ids, distance))
-    if mask is not None:
-        order = order[mask[order]]
-    return [int(data.ids[i]) for i in order[:k]]

@@ -18,7 +18,7 @@ import psycopg
 
 from bench.report import Report, fresh_database, server_versions
 from bench.synthetic import clustered_vectors
-from clipdex import embedded
+from clipdex import embedded_postgres, model_registry
 from indexer import store
 
 
@@ -41,7 +41,7 @@ def _batches(rows: int, batch: int, dim: int, seed: int):
 
 
 def _prepare(conn: psycopg.Connection, dim: int, index: bool = True) -> tuple[int, int]:
-    model_id = store.register_model(conn, f"bench-write-{dim}", dim, {}, index=index)
+    model_id = model_registry.register_model(conn, f"bench-write-{dim}", dim, {}, index=index)
     conn.execute("INSERT INTO roots (name, path) VALUES ('bench', '/bench') ON CONFLICT DO NOTHING")
     run_id = store.create_run(conn, mode="local", root="bench", path=b"", source="iphone", model=f"bench-write-{dim}")
     return model_id, run_id
@@ -68,7 +68,7 @@ def clipdex_write(url: str, rows: int, batch: int, dim: int, *, defer_index: boo
                 store.write_batch(conn, work, outcome, "bench")
         if defer_index:
             conn.execute("SET maintenance_work_mem = '1GB'")
-            store.build_vector_index(conn, model_id)
+            model_registry.build_vector_index(conn, model_id)
             conn.commit()
         return time.perf_counter() - start
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> Report:
     rows = 600 if args.smoke else args.rows
     home = Path(tempfile.mkdtemp(prefix="clipdex-bench-write-"))
     try:
-        base = embedded.server_url(home)
+        base = embedded_postgres.server_url(home)
         report = Report("Bulk write: images + vectors + thumbnails + locations into PostgreSQL",
                         "row-by-row INSERT")
         ours = clipdex_write(fresh_database(base, "bench_clipdex"), rows, args.batch, args.dim)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> Report:
         report.emit(args.json)
         return report
     finally:
-        embedded.stop(home)
+        embedded_postgres.stop(home)
         shutil.rmtree(home, ignore_errors=True)
 
 

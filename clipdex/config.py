@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from clipdex.vocabulary import EF_SEARCH
+
 
 class ConfigError(ValueError):
     """A setting has a value clipdex cannot use; the message names the variable."""
@@ -179,7 +181,7 @@ class Settings:
         _parse_int("CLIPDEX_TASK_TIMEOUT", 1),
     )
     ef_search: int = _setting(
-        "CLIPDEX_EF_SEARCH", 200,
+        "CLIPDEX_EF_SEARCH", EF_SEARCH,
         "HNSW candidates per search: higher finds more of the true nearest photos, slower. 200 gives "
         "recall@10 0.99 at 100k photos; a million wants about 1000 (BENCHMARKS.md).",
         _parse_int("CLIPDEX_EF_SEARCH", 10),

@@ -34,9 +34,9 @@ class DatabaseError(RuntimeError):
 def resolve_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    from clipdex import embedded
+    from clipdex import embedded_postgres
 
-    return embedded.server_url(settings.home)
+    return embedded_postgres.server_url(settings.home)
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -1,9 +1,10 @@
-"""Embedded photo metadata (EXIF, XMP) and the decision of when a photo was taken.
+"""Embedded photo metadata (EXIF, XMP), the decision of when a photo was taken, and the facts
+an image row gets from both and from what its export says.
 
 Nothing read from a file is trusted: phones, chat apps and editors write blank, placeholder and
 corrupt values, so every field that cannot be read sanely becomes None instead of an error.
-The capture-time order follows shared/formats.md 1.8: Takeout sidecar, embedded date, file
-name, file mtime.
+The capture time comes from, in order of trust: the Takeout sidecar (it carries the user's edits
+in Google Photos), the embedded date, the file name, the file's mtime.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import struct
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 from PIL import ExifTags, Image
+
+if TYPE_CHECKING:
+    from indexer.sources import SourceInfo
 
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 EARLIEST_PLAUSIBLE = datetime(1826, 1, 1, tzinfo=timezone.utc)  # the oldest surviving photograph
@@ -372,3 +377,46 @@ def _apple_content_identifier(maker_note: object) -> str | None:
     except struct.error:
         return None
     return None
+
+
+@dataclass
+class ImageFacts:
+    """What we know about an image's content; merged into an existing row by trust."""
+
+    taken_at: datetime | None = None
+    taken_at_source: str | None = None
+    utc_offset_minutes: int | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    gps_from_sidecar: bool = False
+    camera_make: str | None = None
+    camera_model: str | None = None
+    description: str | None = None
+    favorite: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def image_facts(info: "SourceInfo", embedded: EmbeddedMetadata | None = None,
+                capture: CaptureTime | None = None) -> ImageFacts:
+    """What an image row records, from what the export says (``info``) and what the file says
+    (``embedded``): a sidecar's place beats EXIF's, EXIF fills what the export lacks."""
+    extra = dict(info.image_extra)
+    if embedded is not None:
+        extra.update(embedded.extra)
+        extra.update({k: v for k, v in (("lens", embedded.lens_model), ("software", embedded.software)) if v})
+        if embedded.screenshot:
+            extra["screenshot"] = True
+    gps_from_sidecar = info.latitude is not None
+    latitude = info.latitude if gps_from_sidecar else (embedded.latitude if embedded else None)
+    longitude = info.longitude if gps_from_sidecar else (embedded.longitude if embedded else None)
+    if capture is None and info.sidecar_time is not None:
+        capture = resolve_capture_time(None, sidecar_utc=info.sidecar_time)
+    return ImageFacts(
+        taken_at=capture.instant if capture else None,
+        taken_at_source=capture.source if capture else None,
+        utc_offset_minutes=capture.utc_offset_minutes if capture else None,
+        latitude=latitude, longitude=longitude, gps_from_sidecar=gps_from_sidecar,
+        camera_make=embedded.camera_make if embedded else None,
+        camera_model=embedded.camera_model if embedded else None,
+        description=info.description, favorite=info.favorite, extra=extra,
+    )

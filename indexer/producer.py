@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipdex import roots
+from clipdex import model_registry
 from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex.files import allowed_roots
@@ -23,7 +23,10 @@ from clipdex.model import ModelSpec
 from clipdex.roots import display_path
 from indexer import store
 from indexer.scan import ScannedFolder, ScanProblem, walk
-from indexer.sources import SOURCE_KINDS, FileTask, VirtualFolder, detect, get_source
+from clipdex.roots import known_roots
+from clipdex.vocabulary import SOURCE_KINDS
+from indexer.placement import Placement, place
+from indexer.sources import FileTask, VirtualFolder, detect, get_source
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def _components(path: Path) -> tuple[str, ...]:
     return tuple(p for p in path.parts if p != os.sep)
 
 
-def group_folders(placement: roots.Placement, source: str,
+def group_folders(placement: Placement, source: str,
                   folders: list[ScannedFolder]) -> list[VirtualFolder]:
     """Groups scanned folders into each source's virtual folders (merging Takeout parts)."""
     root_components = _components(placement.root_path)
@@ -103,11 +106,11 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCE_KINDS)} or auto")
     model_key = ModelSpec.from_settings(settings).key()
     with database.transaction() as conn:
-        placement = roots.place(settings, conn, path)
-        registered = roots.known_roots(conn)
-        model_id = store.model_id(conn, model_key)
+        placement = place(settings, conn, path)
+        registered = known_roots(conn)
+        model_id = model_registry.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
-        already = store.embedded_images(conn, model_id)
+        already = model_registry.embedded_images(conn, model_id)
         located = store.located_files(conn, placement.root, placement.relpath)
 
     folders: list[ScannedFolder] = []
@@ -155,12 +158,12 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
     files = sum(len(b[2]) for b in batches)
     defer_index = files >= max(settings.defer_index_files, already)
-    with database.connect() as conn, store.waiting_at_most(conn, settings.lock_timeout,
+    with database.connect() as conn, model_registry.waiting_at_most(conn, settings.lock_timeout,
                                                            f"cannot start a run for {path}"):
         run_id = store.create_run(conn, mode=mode, root=placement.root, path=placement.relpath,
                                   source=source, model=model_key, defer_index=defer_index)
         if defer_index and model_id is not None:
-            store.drop_vector_index(conn, model_id)
+            model_registry.drop_vector_index(conn, model_id)
         if forget and gone:
             store.forget_files(conn, placement.root, [relpath for relpath, _ in gone])
         store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued,
@@ -173,26 +176,23 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
 def enqueue(settings: Settings, database: Database, run_id: int, batch_numbers: list[int]) -> int:
     """Sends one Celery message per batch, then marks the run enqueued. Returns messages sent."""
-    from indexer.worker import QUEUE, make_celery
+    from indexer.worker import make_celery, send_batches, send_index_build
 
     app = make_celery(settings)
-    with app.connection_for_write() as connection:
-        for batch_no in batch_numbers:
-            app.send_task("clipdex.embed_batch", args=(run_id, batch_no), queue=QUEUE,
-                          connection=connection)
+    send_batches(app, run_id, batch_numbers)
     with database.transaction() as conn:
         finished = store.mark_enqueued(conn, run_id)
-        deferred = conn.execute("SELECT r.defer_index, m.id FROM ingest_runs r JOIN models m ON m.name = r.model "
-                                "WHERE r.id = %s", (run_id,)).fetchone()
-    if finished and deferred and deferred[0]:   # the workers finished before this call did
-        app.send_task("clipdex.build_vector_index", args=(deferred[1],), queue=QUEUE)
+        deferred = store.deferred_index_model(conn, run_id) if finished else None
+    if deferred is not None:   # the workers finished before this call did: build the index now
+        send_index_build(app, deferred)
     return len(batch_numbers)
 
 
 def resume(settings: Settings, database: Database, run_id: int) -> int:
-    """Sends again every batch of a run that is not done (after a broker lost its queue)."""
+    """Sends again every batch of a run that is not done (after a broker lost its queue, or after
+    the cause of a failed batch was fixed)."""
     with database.connect() as conn:
-        if conn.execute("SELECT 1 FROM ingest_runs WHERE id = %s", (run_id,)).fetchone() is None:
+        if not store.run_exists(conn, run_id):
             raise ValueError(f"there is no run {run_id}")
         pending = store.pending_batches(conn, run_id)
     return enqueue(settings, database, run_id, pending)

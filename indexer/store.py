@@ -15,29 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import psycopg
 from pgvector import HalfVector
 
-from clipdex.database import DatabaseError
 from clipdex.roots import display_path
 from clipdex.text import storable, storable_json
+from indexer.metadata import ImageFacts
 from indexer.sources import FileTask
 
 log = logging.getLogger(__name__)
-
-
-class ModelMismatch(RuntimeError):
-    """The database holds vectors of another size under this model's name."""
-
-
-class LockedOut(DatabaseError):
-    """Another session holds a lock the indexer needs; the message names it."""
 
 
 def is_transient(exc: BaseException, conn: psycopg.Connection) -> bool:
@@ -58,71 +48,6 @@ def _refused_by_row(exc: BaseException, conn: psycopg.Connection) -> bool:
     return isinstance(exc, ROW_ERRORS) and not is_transient(exc, conn)
 
 
-def lock_holders(conn: psycopg.Connection) -> str:
-    """Who else holds locks in this database (advisory, or on clipdex's tables), in a few words."""
-    rows = conn.execute(
-        "SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, left(a.query, 120) "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.granted AND l.pid <> pg_backend_pid() AND a.datname = current_database() "
-        "AND (l.locktype = 'advisory' OR (l.locktype = 'relation' AND l.relation IN "
-        "('embeddings'::regclass, 'images'::regclass, 'locations'::regclass, 'models'::regclass))) "
-        "ORDER BY a.pid LIMIT 5").fetchall()
-    if not rows:
-        return "no session holds it any more; try again"
-    return "; ".join(f"pid {pid} (role {user}, {app or 'no application name'}, {state}: {query!r})"
-                     for pid, user, app, state, query in rows)
-
-
-@contextmanager
-def waiting_at_most(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[None]:
-    """A transaction whose lock waits end after ``seconds`` with the holders named, instead of
-    hanging: any role that can connect can take an advisory lock or hold a table open."""
-    try:
-        with conn.transaction():
-            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}")
-            yield
-    except psycopg.errors.LockNotAvailable:
-        raise LockedOut(
-            f"{what}: waited {seconds:g} s for a lock held by another session — {lock_holders(conn)}. "
-            "End that session (as the database owner: SELECT pg_terminate_backend(pid)) and run again."
-        ) from None
-
-
-def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str, Any], *,
-                   index: bool = True, lock_timeout: float = 30) -> int:
-    """The model's id (created on first use), with its HNSW index in place unless a bulk load
-    defers it (``index=False``)."""
-    row = conn.execute(
-        "INSERT INTO models (name, dim, spec) VALUES (%s, %s, %s) "
-        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, dim",
-        (key, dim, json.dumps(spec)),
-    ).fetchone()
-    model_id, stored_dim = row
-    if stored_dim != dim:
-        raise ModelMismatch(
-            f"model {key} produces {dim}-d vectors but the database stores {stored_dim}-d vectors "
-            "under that name; refusing to mix them"
-        )
-    with waiting_at_most(conn, lock_timeout, f"cannot set up the vector index of model {key}"):
-        if index:
-            conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
-        # The first model becomes the one psql's functions and `vectors` view use.
-        conn.execute("SELECT clipdex_use_model(%s::smallint) WHERE NOT EXISTS (SELECT 1 FROM models WHERE active)",
-                     (model_id,))
-    return model_id
-
-
-def drop_vector_index(conn: psycopg.Connection, model_id: int) -> None:
-    """Before a bulk load: building the HNSW index once at the end is several times faster than
-    inserting into it row by row (searches meanwhile sort exactly: slower, still right)."""
-    conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_model_{int(model_id)}")
-
-
-def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30) -> str:
-    with waiting_at_most(conn, lock_timeout, f"cannot build the vector index of model {model_id}"):
-        return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
-
-
 # --- runs and batches ---------------------------------------------------------------------------
 
 
@@ -133,17 +58,6 @@ def create_run(conn: psycopg.Connection, *, mode: str, root: str, path: bytes, s
         "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
         (mode, root, display_path(path), source, model, socket.gethostname(), defer_index),
     ).fetchone()[0]
-
-
-def embedded_images(conn: psycopg.Connection, model_id: int | None) -> int:
-    if model_id is None:
-        return 0
-    return conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]
-
-
-def model_id(conn: psycopg.Connection, key: str) -> int | None:
-    row = conn.execute("SELECT id FROM models WHERE name = %s", (key,)).fetchone()
-    return row[0] if row else None
 
 
 def record_sources(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple]) -> None:
@@ -232,6 +146,15 @@ def claim_batch(conn: psycopg.Connection, run_id: int, batch_no: int) -> bool:
     return state is not None and state[0] == "queued"
 
 
+def run_exists(conn: psycopg.Connection, run_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM ingest_runs WHERE id = %s", (run_id,)).fetchone() is not None
+
+
+def register_root(conn: psycopg.Connection, name: str, path: str) -> None:
+    """Remembers where a root was found (the first machine to index it decides)."""
+    conn.execute("INSERT INTO roots (name, path) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, path))
+
+
 def deferred_index_model(conn: psycopg.Connection, run_id: int) -> int | None:
     """The model whose HNSW index a finished bulk-load run still has to build, if any."""
     row = conn.execute("SELECT m.id FROM ingest_runs r JOIN models m ON m.name = r.model "
@@ -239,18 +162,22 @@ def deferred_index_model(conn: psycopg.Connection, run_id: int) -> int | None:
     return row[0] if row else None
 
 
-def fail_batch(conn: psycopg.Connection, run_id: int, batch_no: int, error: str) -> bool:
+class FailedBatch(NamedTuple):
+    files: int           # files the batch held (all of them count as failed)
+    finished_run: bool   # this was the run's last open batch
+
+
+def fail_batch(conn: psycopg.Connection, run_id: int, batch_no: int, error: str) -> FailedBatch:
     """Marks a batch that failed for good: its files become failures of stage 'batch' with the
-    error, and the run can finish (`clipdex status` tells the truth; `clipdex resume` retries it).
-    True when this finished the run."""
+    error, and the run can finish (`clipdex status` tells the truth; `clipdex resume` retries it)."""
     with conn.transaction():
         row = conn.execute(
             "UPDATE ingest_batches SET state = 'failed', error = %s, failed = files, finished_at = now() "
-            "WHERE run_id = %s AND batch_no = %s AND state = 'queued' RETURNING payload, source",
+            "WHERE run_id = %s AND batch_no = %s AND state = 'queued' RETURNING payload, source, files",
             (storable(error)[:2000], run_id, batch_no)).fetchone()
         if row is None:
-            return False
-        payload, source = row
+            return FailedBatch(0, False)
+        payload, source, files = row
         root = conn.execute("SELECT root FROM ingest_runs WHERE id = %s", (run_id,)).fetchone()[0]
         tasks = _readable_tasks(payload)
         with conn.cursor() as cur:
@@ -260,7 +187,7 @@ def fail_batch(conn: psycopg.Connection, run_id: int, batch_no: int, error: str)
                 "ON CONFLICT (run_id, root, sha256(relpath_bytes)) DO NOTHING",
                 [(run_id, root, display_path(t.relpath), t.relpath, source,
                   storable(f"its batch failed: {error}")[:2000], t.size, t.mtime_ns) for t in tasks])
-        return finish_run_if_complete(conn, run_id)
+        return FailedBatch(files, finish_run_if_complete(conn, run_id))
 
 
 def _readable_tasks(payload: list | None) -> list[FileTask]:
@@ -381,23 +308,6 @@ def lookup_image(conn: psycopg.Connection, sha256: bytes, model_id: int) -> tupl
 
 
 # --- writing a batch ----------------------------------------------------------------------------
-
-
-@dataclass
-class ImageFacts:
-    """What we know about an image's content; merged into an existing row by trust."""
-
-    taken_at: datetime | None = None
-    taken_at_source: str | None = None
-    utc_offset_minutes: int | None = None
-    latitude: float | None = None
-    longitude: float | None = None
-    gps_from_sidecar: bool = False
-    camera_make: str | None = None
-    camera_model: str | None = None
-    description: str | None = None
-    favorite: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,11 +1,10 @@
-"""The Celery application: GPU workers consume batches of file paths from the ``embed`` queue.
+"""The Celery side of indexing: an app made from Settings, its two tasks, and the worker.
 
-Start one worker process per GPU::
-
-    celery -A indexer.worker worker -Q embed --pool solo --concurrency 1
-
-``--pool solo`` keeps the model in the process that consumes the tasks: CUDA must not be
-initialised in a parent that forks children, and the model is loaded lazily on the first task.
+Run one worker process per GPU with ``clipdex worker``: it consumes the ``embed`` queue with the
+solo pool, so the model lives in the process that runs the batches (CUDA must not be initialised
+in a parent that forks children) and is loaded lazily on the first task. Nothing here runs at
+import: the app exists once ``make_celery(settings)`` is called (``indexer.celery_app`` does it
+from the environment for Celery's own command line, e.g. Flower).
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from celery.signals import worker_shutdown
 from clipdex.config import Settings
 
 QUEUE = "embed"
+EMBED_TASK = "clipdex.embed_batch"
+INDEX_TASK = "clipdex.build_vector_index"
 log = logging.getLogger(__name__)
 
 
@@ -48,14 +49,36 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def send_batches(app: Celery, run_id: int, batch_numbers: list[int]) -> None:
+    """One small message per batch: the run id and batch number, never the files themselves."""
+    with app.connection_for_write() as connection:
+        for batch_no in batch_numbers:
+            app.send_task(EMBED_TASK, args=(run_id, batch_no), queue=QUEUE, connection=connection)
+
+
+def send_index_build(app: Celery, model_id: int) -> None:
+    app.send_task(INDEX_TASK, args=(model_id,), queue=QUEUE)
+
+
+def worker_argv(celery_args: tuple[str, ...] = ()) -> list[str]:
+    """The embed queue, the solo pool (the model stays in this process: CUDA must not be
+    initialised in a parent that forks), one batch at a time; then the caller's Celery options."""
+    return ["worker", "-Q", QUEUE, "--pool", "solo", "--concurrency", "1", *celery_args]
+
+
+def run_worker(settings: Settings, celery_args: tuple[str, ...] = ()) -> None:
+    """A worker in this process, on an app made from these settings."""
+    make_celery(settings).worker_main(worker_argv(celery_args))
+
+
 _runtime = None
 
 
 def _worker_runtime(settings: Settings):
-    """The process's pipeline runtime (database pool, threads, model), built on the first task."""
+    """The process's indexing runtime (database pool, threads, model), built on the first task."""
     global _runtime
     if _runtime is None:
-        from indexer.pipeline import Runtime
+        from indexer.runtime import Runtime
 
         _runtime = Runtime(settings)
     return _runtime
@@ -83,39 +106,36 @@ def _register_tasks(app: Celery) -> None:
             run_id, batch_no = args
             try:
                 with open_database(app.conf.clipdex_settings).connect(autocommit=True) as conn:
-                    if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}"):
+                    if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}").finished_run:
                         model_id = store.deferred_index_model(conn, run_id)
                         if model_id is not None:
-                            build_vector_index.delay(model_id)
+                            send_index_build(app, model_id)
             except Exception:
                 log.exception("cannot mark run %s batch %s as failed", run_id, batch_no)
 
     # The database going away (restart, network) is waited out: the batch is retried with backoff
     # until it can be written. Nothing was written before the error, so a retry is safe.
-    @app.task(name="clipdex.embed_batch", bind=True, base=BatchTask,
+    @app.task(name=EMBED_TASK, bind=True, base=BatchTask,
               autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, retry_jitter=False, max_retries=None)
     def embed_batch(self, run_id: int, batch_no: int) -> dict | None:
         """Indexes one stored batch. Safe to run twice: a batch that is done is skipped."""
-        from indexer.pipeline import process_batch
+        from indexer.batch import process_batch
 
         result = process_batch(_worker_runtime(app.conf.clipdex_settings), run_id, batch_no)
         if result is not None:
             result.pop("timings", None)
             if result["build_index"] is not None:
-                build_vector_index.delay(result["build_index"])
+                send_index_build(app, result["build_index"])
         return result
 
-    @app.task(name="clipdex.build_vector_index", autoretry_for=(psycopg.OperationalError, DatabaseError),
+    @app.task(name=INDEX_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, max_retries=None)
     def build_vector_index(model_id: int) -> str:
         """Builds a model's HNSW index after a bulk load (idempotent: IF NOT EXISTS)."""
+        from clipdex import model_registry
         from clipdex.database import open_database
-        from indexer import store
 
         settings = app.conf.clipdex_settings
         with open_database(settings).connect(autocommit=True) as conn:
-            return store.build_vector_index(conn, model_id, settings.lock_timeout)
-
-
-app = make_celery(Settings.from_env())
+            return model_registry.build_vector_index(conn, model_id, settings.lock_timeout)

@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from clipdex import database, embedded
+from clipdex import database, embedded_postgres
 from clipdex.config import Settings
-from clipdex.model import TINY_MODEL_CFG, write_model_folder
+from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
 # The fuzz tests draw the same examples on every run, so a CI result says something about the commit,
 # not about the dice. CLIPDEX_FUZZ=explore draws new ones (and remembers failures in .hypothesis/).
@@ -34,20 +34,20 @@ _db_counter = itertools.count()
 
 
 def _with_database(url: str, name: str) -> str:
-    return url.replace(f"/{embedded.DATABASE_NAME}?", f"/{name}?", 1)
+    return url.replace(f"/{embedded_postgres.DATABASE_NAME}?", f"/{name}?", 1)
 
 
 @pytest.fixture(scope="session")
 def pg_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("clipdex-home")
     yield home
-    embedded.stop(home)
+    embedded_postgres.stop(home)
 
 
 @pytest.fixture(scope="session")
 def pg_url(pg_home) -> str:
     """URL of the session's embedded server (its default `clipdex` database)."""
-    return embedded.server_url(pg_home)
+    return embedded_postgres.server_url(pg_home)
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +61,20 @@ def template_url(pg_url) -> str:
 
 
 def fresh_database(pg_url: str, name: str) -> str:
-    """Creates (or recreates) a migrated database on the session server; returns its URL."""
+    """Creates (or recreates) a migrated database on the session server; returns its URL.
+
+    A copy made from a template does not inherit the template's database settings (the migrations'
+    `ALTER DATABASE … SET hnsw.…` defaults for psql sessions), so they are copied too.
+    """
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+        settings = conn.execute(
+            "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = "
+            "(SELECT oid FROM pg_database WHERE datname = %s)", (TEMPLATE_DB,)).fetchall()
+        for (item,) in settings:
+            key, value = item.split("=", 1)
+            conn.execute(f"ALTER DATABASE {name} SET {key} = {value}")
     return _with_database(pg_url, name)
 
 
@@ -141,15 +151,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, t
     return proc
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    return settings.to_environ()
-
-
 @pytest.fixture(scope="session")
 def library(pg_url, template_url, tiny_model_dir, tmp_path_factory):
     """A database with the generated Takeout, iPhone and QQ exports indexed (read-only for tests)."""
     from tests import libraries as L
-    from indexer.local import index_folder
+    from indexer.in_process import index_folder
 
     tmp_path = tmp_path_factory.mktemp("library")
     settings = Settings(home=tmp_path / "home", database_url=fresh_database(pg_url, "library"),

@@ -171,7 +171,8 @@ MTIME = datetime(2024, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def takeout_library(base: Path) -> Path:
-    """Two extracted Takeout parts with the quirks of formats.md section 1."""
+    """Two extracted Takeout parts with Google's naming quirks: sidecars in the other part, cut and
+    counted names, edited copies, motion photos, localized album files."""
     part1 = base / "takeout-20240712T112341Z-001" / "Takeout"
     part2 = base / "takeout-20240712T112341Z-002" / "Takeout"
     photos1, photos2 = part1 / "Google Photos", part2 / "Google Photos"

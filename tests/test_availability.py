@@ -15,10 +15,10 @@ import urllib.request
 
 import pytest
 
-from clipdex import embedded
+from clipdex import embedded_postgres
 from clipdex.config import Settings
 from clipdex.database import open_database
-from indexer.local import index_folder
+from indexer.in_process import index_folder
 from tests import libraries as L
 from webapp import create_app
 from webapp.server import GRACE_SECONDS
@@ -114,7 +114,7 @@ def test_slow_clients_cannot_hold_the_server(server):
 def test_a_database_restart_is_a_503_then_recovers(tiny_model_dir, tmp_path):
     """Once: after the database restarted, the first search took 30 s and answered 500 (PoolTimeout)."""
     home = tmp_path / "pg-home"
-    url = embedded.server_url(home)           # a server of this test's own, to stop freely
+    url = embedded_postgres.server_url(home)           # a server of this test's own, to stop freely
     settings = Settings(home=home, database_url=url, model=f"local-dir:{tiny_model_dir}", device="cpu")
     try:
         db = open_database(settings, migrate=True)
@@ -123,14 +123,14 @@ def test_a_database_restart_is_a_503_then_recovers(tiny_model_dir, tmp_path):
         index_folder(settings, db, tmp_path / "lib", out=None)
         client = create_app(settings).test_client()
         assert client.get("/api/search?q=cat&limit=2").status_code == 200
-        embedded.stop(home)
+        embedded_postgres.stop(home)
         started = time.monotonic()
         down = client.get("/api/search?q=cat&limit=2")
         waited = time.monotonic() - started
         assert down.status_code == 503 and "not answering" in down.get_json()["error"]["message"]
         assert waited < 25, waited              # a few seconds, not a hang
         assert client.get("/").status_code == 503
-        assert embedded.server_url(home) == url
+        assert embedded_postgres.server_url(home) == url
         statuses = []
         for _ in range(10):
             statuses.append(client.get("/api/search?q=cat&limit=2").status_code)
@@ -139,4 +139,4 @@ def test_a_database_restart_is_a_503_then_recovers(tiny_model_dir, tmp_path):
             time.sleep(1)
         assert statuses[-1] == 200, statuses
     finally:
-        embedded.stop(home)
+        embedded_postgres.stop(home)

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from PIL import Image
 
-from indexer.local import index_folder
+from indexer.in_process import index_folder
 from tests import libraries as L
 
 
@@ -162,7 +162,7 @@ def test_the_run_went_on(indexed):
 UNPRIVILEGED = r"""
 import json, os, sys
 from indexer.scan import walk, ScanProblem
-from indexer.pipeline import read_file
+from indexer.prepare import read_file
 os.setgid(65534); os.setuid(65534)          # nobody: file permissions now apply
 root = sys.argv[1].encode()
 problems = {p.relpath.decode(): p.reason for p in walk(root) if isinstance(p, ScanProblem)}

@@ -149,3 +149,36 @@ def test_infinite_scroll_loads_the_next_page(server, browser, library):
     hrefs = page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.getAttribute('href'))")
     assert len(hrefs) == len(set(hrefs)) == images
     assert page.is_hidden("#more")
+
+
+def test_every_surface_gives_the_same_answer(server, browser, library):
+    """One request through the four ways in: `clipdex search`, the JSON API, the search page and
+    psql. The first three call the same search service; psql ranks with the same SQL operator."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from clipdex import embedded_postgres
+    from tests.conftest import run_cli
+
+    settings, db, _root = library
+    text, params = "a dog on a beach", {"format": "jpeg", "orientation": "landscape"}
+    cli_lines = run_cli("search", text, *[a for k, v in params.items() for a in ("-f", f"{k}={v}")],
+                        "--limit", "6", "--json", env=settings.to_environ()).stdout.splitlines()
+    from_cli = [json.loads(line)["id"] for line in cli_lines[:-1]]
+    query = urllib.parse.urlencode({"q": text, **params, "limit": 6})
+    with urllib.request.urlopen(f"{server}/api/search?{query}", timeout=60) as response:
+        from_api = [hit["id"] for hit in json.loads(response.read())["results"]]
+    page = new_page(browser, 900)
+    page.goto(f"{server}/?{query}")
+    page.wait_for_function("document.querySelectorAll('.tile').length > 0")
+    hrefs = page.eval_on_selector_all(".tile", "tiles => tiles.map(t => t.getAttribute('href'))")
+    from_page = [int(h.rsplit("/", 1)[1]) for h in hrefs][:6]
+    sql = ("SELECT p.id FROM vectors v JOIN photos p USING (id) "
+           "WHERE p.format = 'jpeg' AND p.orientation = 'landscape' "
+           f"ORDER BY v.embedding <=> text_embedding('{text}'), p.id LIMIT 6")
+    psql = subprocess.run([str(embedded_postgres.psql_path()), db.url, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                           "-c", sql], capture_output=True, text=True, check=True)
+    from_psql = [int(line) for line in psql.stdout.split()]
+    assert len(from_cli) == 6
+    assert from_cli == from_api == from_page == from_psql

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from clipdex.database import open_database
-from indexer.local import index_folder
+from indexer.in_process import index_folder
 from indexer.producer import enqueue, plan_run
 from tests import libraries as L
 from tests.conftest import fresh_database, run_cli

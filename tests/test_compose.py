@@ -43,16 +43,18 @@ def test_every_clipdex_variable_is_a_real_setting(compose):
 def test_celery_services_point_at_the_real_app_and_queue(compose):
     from celery import Celery
 
+    from clipdex.cli import cli
     from indexer import worker
 
-    for name in ("worker", "flower"):
-        cmd = _command(compose["services"][name])
-        assert cmd[0] == "celery"
-        module = importlib.import_module(cmd[cmd.index("-A") + 1])
-        assert isinstance(module.app, Celery)
     cmd = _command(compose["services"]["worker"])
-    assert cmd[cmd.index("-Q") + 1] == worker.QUEUE
-    assert cmd[cmd.index("--pool") + 1] == "solo"  # CUDA must not be initialised before a fork
+    assert cmd[:2] == ["clipdex", "worker"] and "worker" in cli.list_commands(None)
+    argv = worker.worker_argv(tuple(cmd[2:]))
+    assert argv[argv.index("-Q") + 1] == worker.QUEUE
+    assert argv[argv.index("--pool") + 1] == "solo"  # CUDA must not be initialised before a fork
+    cmd = _command(compose["services"]["flower"])
+    assert cmd[0] == "celery"
+    module = importlib.import_module(cmd[cmd.index("-A") + 1])
+    assert isinstance(module.app, Celery) and module.app.conf.task_default_queue == worker.QUEUE
 
 
 def test_web_runs_the_real_server(compose):
@@ -61,7 +63,7 @@ def test_web_runs_the_real_server(compose):
     from clipdex.cli import cli
 
     cmd = _command(compose["services"]["web"])
-    assert cmd[:2] == ["clipdex", "serve"] and "serve" in cli.commands
+    assert cmd[:2] == ["clipdex", "serve"] and "serve" in cli.list_commands(None)
     # The app refuses a public address without a token: compose binds 0.0.0.0 and sets one.
     env = compose["services"]["web"]["environment"]
     assert cmd[cmd.index("--host") + 1] == env["CLIPDEX_WEB_HOST"]

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from clipdex import database, embedded
+from clipdex import database, embedded_postgres
 from clipdex.database import DatabaseError, ServerInfo, check_server
 from tests.conftest import run_cli
 
@@ -127,13 +127,13 @@ def test_embedded_default_started_twice_in_parallel_gives_one_server(tmp_path):
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("INSERT INTO models (name, dim) VALUES ('m', 4)")
             conn.execute("SELECT clipdex_ensure_vector_index(1::smallint)")
-        out = subprocess.run([str(embedded.psql_path()), url, "-c", r"\d embeddings"],
+        out = subprocess.run([str(embedded_postgres.psql_path()), url, "-c", r"\d embeddings"],
                              capture_output=True, text=True, check=True).stdout
         assert "embeddings_hnsw_model_1" in out and "hnsw" in out
         # Later commands reuse the running server.
         assert run_cli("db", "url", env=env).stdout.strip() == url
     finally:
-        embedded.stop(home)
+        embedded_postgres.stop(home)
 
 
 def test_a_lock_held_by_a_reader_is_reported_not_waited_on_forever(settings, db, tmp_path):
@@ -170,3 +170,42 @@ def test_a_lock_held_by_a_reader_is_reported_not_waited_on_forever(settings, db,
             conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM clipdex_blocker")
             conn.execute("REVOKE ALL ON SCHEMA public FROM clipdex_blocker")
             conn.execute("DROP ROLE clipdex_blocker")
+
+
+def test_the_schema_speaks_the_vocabulary(db, template_url):
+    """Each word is defined once (clipdex.vocabulary); the migrations write them as literals, and this
+    checks that a migrated database says exactly the same."""
+    import re
+
+    from clipdex import vocabulary as v
+
+    def check_values(table: str, column: str) -> tuple[str, ...]:
+        with psycopg.connect(db.url) as conn:
+            definition = conn.execute(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_attribute a "
+                "ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+                "WHERE c.conrelid = %s::regclass AND c.contype = 'c' AND a.attname = %s", (table, column)).fetchone()[0]
+        return tuple(re.findall(r"'([a-z_]+)'::text", definition))
+
+    assert check_values("images", "format") == v.IMAGE_FORMATS
+    assert check_values("locations", "source") == check_values("ingest_sources", "source") == v.SOURCE_KINDS
+    assert check_values("ingest_batches", "state") == v.BATCH_STATES
+    assert check_values("ingest_failures", "stage") == v.FAILURE_STAGES
+    assert check_values("ingest_runs", "mode") == v.RUN_MODES
+    assert set(check_values("images", "taken_at_source")) == set(v.CAPTURE_TIME_SOURCES)   # order: the rank below
+    with psycopg.connect(db.url) as conn:
+        assert [conn.execute("SELECT clipdex_time_rank(%s)", (s,)).fetchone()[0] for s in v.CAPTURE_TIME_SOURCES] \
+            == [1, 2, 3, 4]
+    # Database defaults (for psql sessions) stay with the database the migrations ran on; copies made
+    # from it as a template do not inherit them.
+    with psycopg.connect(template_url) as conn:
+        defaults = dict(item.split("=", 1) for item in conn.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0])
+    assert int(defaults["hnsw.ef_search"]) == v.EF_SEARCH
+    assert int(defaults["hnsw.max_scan_tuples"]) == v.MAX_SCAN_TUPLES
+    with psycopg.connect(db.url) as conn:
+        orientation = conn.execute("SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a "
+                                   "ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+                                   "WHERE d.adrelid = 'images'::regclass AND a.attname = 'orientation'").fetchone()[0]
+    assert set(re.findall(r"'([a-z]+)'::text", orientation)) == set(v.ORIENTATIONS)

@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from clipdex import embedded
+from clipdex import embedded_postgres
 from clipdex.config import Settings
 from clipdex.database import open_database, upgrade
 from indexer.producer import enqueue, plan_run
@@ -113,7 +113,7 @@ def test_broker_loses_its_queue_and_one_command_resumes(settings, tmp_path):
 
 def test_database_restart_is_waited_out(tiny_model_dir, redis_url, tmp_path):
     home = tmp_path / "pg-home"
-    url = embedded.server_url(home)           # a server of this test's own, to restart freely
+    url = embedded_postgres.server_url(home)           # a server of this test's own, to restart freely
     settings = Settings(home=home, database_url=url, model=f"local-dir:{tiny_model_dir}", device="cpu",
                         broker_url=redis_url, task_files=40, task_timeout=10, decode_threads=1)
     try:
@@ -126,16 +126,16 @@ def test_database_restart_is_waited_out(tiny_model_dir, redis_url, tmp_path):
         with workers(settings, {"w1": {}}, logs):
             enqueue(settings, db, plan.run_id, plan.batches)
             wait_for(batches_done(url, plan.run_id, 5), 120, "some batches", log_dir=logs)
-            embedded.stop(home)               # PostgreSQL goes away mid-run…
+            embedded_postgres.stop(home)               # PostgreSQL goes away mid-run…
             time.sleep(4)
-            assert embedded.server_url(home) == url   # …and comes back
+            assert embedded_postgres.server_url(home) == url   # …and comes back
             wait_for(run_finished(url, plan.run_id), 300, "the run to finish after the restart", log_dir=logs)
         got = counts(url, plan.run_id)
         assert (got["images"], got["locations"], got["embeddings"], got["failures"]) == (FILES, FILES, FILES, {})
         # The outage reached the worker (its pool waited for the server to come back).
         assert "error connecting in 'clipdex-indexer'" in (logs / "worker-w1.log").read_text()
     finally:
-        embedded.stop(home)
+        embedded_postgres.stop(home)
 
 
 def test_files_changed_or_deleted_after_the_scan(settings, redis_url, tmp_path):

@@ -10,12 +10,13 @@ import string
 import threading
 
 import psycopg
-import pytest
 
 from clipdex.config import Settings
 from clipdex.status import get_run
-from indexer.local import index_folder, index_planned
-from indexer.pipeline import Runtime, read_file, run_files
+from indexer.in_process import index_folder, index_planned
+from indexer.batch import run_files
+from indexer.prepare import read_file
+from indexer.runtime import Runtime
 from indexer.producer import plan_run
 from indexer import store
 from indexer.sources import FileTask

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-MODULES = ["clipdex.cli", "clipdex.config", "clipdex.database", "clipdex.model", "clipdex.embedded",
+MODULES = ["clipdex.cli", "clipdex.config", "clipdex.database", "clipdex.model", "clipdex.embedded_postgres",
            "indexer.worker", "webapp", "webapp.wsgi"]
 
 

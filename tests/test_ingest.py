@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from clipdex.status import get_run
-from indexer.local import index_folder
+from indexer.in_process import index_folder
 from tests import libraries as L
 from tests.conftest import run_cli
 

@@ -1,4 +1,5 @@
-"""indexer.metadata on images generated in memory, and the capture-time rules of formats.md 1.8."""
+"""indexer.metadata on images generated in memory, and the capture-time rules: sidecar, then the
+embedded date, then the file name, then the file's mtime."""
 
 from __future__ import annotations
 
@@ -335,7 +336,7 @@ def test_sidecar_instant_is_normalised_to_utc():
 
 
 @pytest.mark.parametrize("taken_local, sidecar_utc, offset", [
-    (datetime(2024, 7, 29, 4, 45, 7), datetime(2024, 7, 28, 19, 45, 7, tzinfo=UTC), 540),  # checklist 69
+    (datetime(2024, 7, 29, 4, 45, 7), datetime(2024, 7, 28, 19, 45, 7, tzinfo=UTC), 540),
     (datetime(2024, 7, 29, 1, 17, 7), datetime(2024, 7, 28, 19, 45, 7, tzinfo=UTC), 330),  # clock 2 min fast
     (datetime(2024, 7, 28, 7, 52, 0), datetime(2024, 7, 28, 19, 45, 7, tzinfo=UTC), -720),
     (datetime(2024, 7, 29, 10, 45, 7), datetime(2024, 7, 28, 19, 45, 7, tzinfo=UTC), None),  # 15 h: date edited
@@ -346,7 +347,7 @@ def test_sidecar_offset_is_inferred_from_the_camera_clock(taken_local, sidecar_u
         CaptureTime(sidecar_utc, offset, "sidecar")
 
 
-def test_embedded_time_with_offset_is_converted_to_utc():  # checklist 75
+def test_embedded_time_with_offset_is_converted_to_utc():
     meta = embedded(datetime(2020, 12, 22, 9, 41, 54), offset=60)
     assert resolve_capture_time(meta, filename="IMG_20010101_000000.jpg", mtime_ns=0) == \
         CaptureTime(datetime(2020, 12, 22, 8, 41, 54, tzinfo=UTC), 60, "exif")
@@ -363,7 +364,7 @@ def test_filename_comes_before_mtime():
         CaptureTime(datetime(2023, 10, 6, 6, 30, 0, 139000, tzinfo=UTC), None, "filename")
 
 
-def test_qq_image_without_exif_is_dated_by_mtime():  # checklist 92
+def test_qq_image_without_exif_is_dated_by_mtime():
     meta = read_embedded_metadata(reopened(Image.new("RGB", (16, 16)), "PNG"))
     assert resolve_capture_time(meta, filename="D4439109D498DC8CA89FA94E2304C0C9.png",
                                 mtime_ns=1_700_000_000_123_456_789) == \

@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 
 from clipdex.config import Settings
-from clipdex.model import TINY_MODEL_CFG, ModelSpec, ModelUnavailable, load_model, write_model_folder
+from clipdex.model import ModelSpec, ModelUnavailable, load_model
+from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 from tests.conftest import run_cli
 
 

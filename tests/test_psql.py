@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from clipdex import embedded
+from clipdex import embedded_postgres
 from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def indexed(library):
 @pytest.mark.parametrize("number", range(len(readme_sql())))
 def test_readme_example_runs_in_psql(indexed, number):
     sql = readme_sql()[number]
-    proc = subprocess.run([str(embedded.psql_path()), indexed.url, "-v", "ON_ERROR_STOP=1", "-X", "-c", sql],
+    proc = subprocess.run([str(embedded_postgres.psql_path()), indexed.url, "-v", "ON_ERROR_STOP=1", "-X", "-c", sql],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "row" in proc.stdout

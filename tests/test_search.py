@@ -12,8 +12,9 @@ from pgvector import HalfVector
 from bench import synthetic
 from clipdex.database import open_database
 from clipdex.model import load_model
-from clipdex.search import Cursor, Filters, QueryError, QuerySpec, combine, ranked_ids, search, split_weight
-from indexer.local import index_folder
+from clipdex.search import (Cursor, Filters, QueryError, QuerySpec, SearchRequest, SearchService, combine,
+                            ranked_ids, split_weight)
+from indexer.in_process import index_folder
 from tests import libraries as L
 
 N = 12_000
@@ -36,6 +37,12 @@ def sconn(synthetic_db, settings):
     db = open_database(settings.replace(database_url=url))
     with db.connect(autocommit=True) as conn:
         yield db, conn, data
+
+
+def service_for(db, settings=None, model_key: str | None = None, model=None) -> SearchService:
+    from clipdex.config import Settings
+
+    return SearchService(settings or Settings(database_url=db.url), db, model=model, model_key=model_key)
 
 
 def exact_sql(conn, data, query: np.ndarray, where: str, k: int) -> list[int]:
@@ -116,16 +123,17 @@ def test_the_index_is_used_and_the_exact_sort_is_not(sconn):
                                                  ({"format": ["png"]}, 0), ({"camera_make": ["Make-5"]}, 20_000)])
 def test_pages_follow_each_other_without_gaps_or_repeats(sconn, filters, exact_max, monkeypatch):
     db, conn, data = sconn
-    import clipdex.search as core
+    import clipdex.search.plan as plan
 
-    monkeypatch.setattr(core, "EXACT_SCAN_MAX_ROWS", exact_max)
-    page = search(db, conn, data.model_key, spec=QuerySpec(image_ids=[(int(data.ids[42]), 1.0)]),
-                  filters=Filters.parse(filters), limit=25)
+    monkeypatch.setattr(plan, "EXACT_SCAN_MAX_ROWS", exact_max)
+    service = service_for(db, model_key=data.model_key)
+    page = service.search(conn, SearchRequest(QuerySpec(image_ids=[(int(data.ids[42]), 1.0)]),
+                                              Filters.parse(filters), limit=25))
     first_cursor = page.next_cursor
     seen = [h.id for h in page.hits]
     strategies = {page.strategy}
     while page.next_cursor and len(seen) < 150:
-        page = search(db, conn, data.model_key, cursor=page.next_cursor)
+        page = service.search(conn, SearchRequest(cursor=page.next_cursor))
         seen += [h.id for h in page.hits]
         strategies.add(page.strategy)
     assert len(seen) == len(set(seen)) == 150
@@ -140,22 +148,27 @@ def test_pages_follow_each_other_without_gaps_or_repeats(sconn, filters, exact_m
 
 def test_cursors_that_we_did_not_make_are_refused(sconn):
     db, conn, data = sconn
+    service = service_for(db, model_key=data.model_key)
+
+    def search(cursor: str):
+        return service.search(conn, SearchRequest(cursor=cursor))
+
     with pytest.raises(QueryError, match="cursor"):
-        search(db, conn, data.model_key, cursor="not-a-cursor")
+        search("not-a-cursor")
     wrong_size = Cursor(np.ones(data.dim + 1, np.float32), {}, 10, 0.1, 5).encode()
     with pytest.raises(QueryError, match="not a cursor for this model"):
-        search(db, conn, data.model_key, cursor=wrong_size)
+        search(wrong_size)
     unit = np.ones(data.dim, np.float32) / np.sqrt(data.dim)
     bad_filter = Cursor(unit, {"colour": ["red"]}, 10, 0.1, 5).encode()
     with pytest.raises(QueryError, match="unknown filter"):
-        search(db, conn, data.model_key, cursor=bad_filter)
+        search(bad_filter)
     # Degenerate vectors would rank by nothing and score NaN (invalid JSON): refused.
     for vector in (np.zeros(data.dim, np.float32), unit * 3, np.full(data.dim, np.nan, np.float32)):
         with pytest.raises(QueryError, match="cursor"):
-            search(db, conn, data.model_key, cursor=Cursor(vector, {}, 10, 0.1, 5).encode())
+            search(Cursor(vector, {}, 10, 0.1, 5).encode())
     for distance, image_id in ((float("nan"), 5), (7.0, 5), (0.1, 0), (0.1, 2**63)):
         with pytest.raises(QueryError, match="cursor"):
-            search(db, conn, data.model_key, cursor=Cursor(unit, {}, 10, distance, image_id).encode())
+            search(Cursor(unit, {}, 10, distance, image_id).encode())
 
 
 @pytest.mark.parametrize("params, message", [
@@ -207,8 +220,8 @@ def test_text_image_and_negative_text_make_one_vector(settings, db, tmp_path):
     with db.connect(autocommit=True) as conn:
         image_id, stored = conn.execute(
             "SELECT image_id, embedding FROM embeddings ORDER BY image_id LIMIT 1").fetchone()
-        page = search(db, conn, model.key, spec=QuerySpec(texts=[("a beach", 1.0)], image_ids=[(image_id, 0.5)],
-                                                          negative_texts=[("night", 1.0)]), model=model, limit=3)
+        spec = QuerySpec(texts=[("a beach", 1.0)], image_ids=[(image_id, 0.5)], negative_texts=[("night", 1.0)])
+        page = service_for(db, settings, model=model).search(conn, SearchRequest(spec, limit=3))
         q = Cursor.decode(page.next_cursor, model.dim).vector
         cached = dict(conn.execute("SELECT query, embedding FROM text_embeddings").fetchall())
     assert set(cached) == {"a beach", "night"}       # psql can now use them
@@ -224,12 +237,13 @@ def test_an_indexed_image_finds_itself_first_through_every_filter(settings, db, 
     L.iphone_library(tmp_path / "lib" / "phone")
     L.qq_library(tmp_path / "lib" / "chat")
     index_folder(settings, db, tmp_path / "lib", out=None)
+    service = service_for(db, settings)
     with db.connect(autocommit=True) as conn:
         ids = dict(conn.execute("SELECT relpath, image_id FROM locations").fetchall())
 
         def top(photo: str, **filters) -> list[int]:
-            page = search(db, conn, load_model(settings).key, spec=QuerySpec(image_ids=[(ids[photo], 1.0)]),
-                          filters=Filters.parse({k: [v] for k, v in filters.items()}), limit=50)
+            page = service.search(conn, SearchRequest(QuerySpec(image_ids=[(ids[photo], 1.0)]),
+                                                      Filters.parse({k: [v] for k, v in filters.items()}), limit=50))
             return [h.id for h in page.hits]
 
         heic = "phone/DCIM/100APPLE/IMG_0001.HEIC"
@@ -290,7 +304,7 @@ def test_a_poisoned_text_cache_is_refused_and_replaced(settings, db, tmp_path):
         with pytest.raises(psycopg.errors.RaiseException, match="not a unit vector of the active model"):
             conn.execute("SELECT text_embedding('dog')")
         for text in ("dog", "cat"):
-            page = search(db, conn, model.key, spec=QuerySpec([(text, 1.0)]), model=model, limit=3)
+            page = service_for(db, settings, model=model).search(conn, SearchRequest(QuerySpec([(text, 1.0)]), limit=3))
             assert len(page.hits) == 3
             fresh = model.encode_texts([text])[0]
             stored = np.asarray(conn.execute("SELECT text_embedding(%s)", (text,)).fetchone()[0].to_numpy(), np.float32)

@@ -1,8 +1,7 @@
-"""Takeout sidecar matching by name: the cases of formats.md 1.12 (rows 1-52, 54, 60) and of the
-section 6 checklist (items 5, 6, 11, 14-56), each as one folder's file lists -> expected matches.
-
-Ids read `rNN` for a 1.12 row and `cNN` for a checklist item. A media name missing from an
-expected dict must come back unmatched.
+"""Takeout sidecar matching by name: every naming case the matcher was written against, each as
+one folder's file lists -> expected matches (each case stands on its own here; the ids keep that
+case list's numbering: `rNN` a naming example, `cNN` a checklist item). A media name missing from
+an expected dict must come back unmatched.
 """
 
 import unicodedata

@@ -226,7 +226,7 @@ def test_originals_are_served_only_from_the_file_that_was_indexed(settings, db, 
     """Once: a symlink swapped in (to a secret padded to the same size, `touch -r`'d) was served as
     image/png. Now the path must resolve inside its root to a regular file with the size, time and
     inode that were indexed, and (being small) hash to the image's SHA-256."""
-    from indexer.local import index_folder
+    from indexer.in_process import index_folder
 
     root = tmp_path / "lib"
     names = ["keep.png", "link.png", "same-size.png", "moved.png", "fifo.png"]

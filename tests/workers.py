@@ -1,4 +1,5 @@
-"""Real Celery worker processes for tests, and waiting on the database for a run to finish."""
+"""Real Celery worker processes (`clipdex worker`) for tests, and waiting on the database for a run
+to finish."""
 
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ def start_worker(settings: Settings, name: str, log_dir: Path, extra_env: dict[s
     env.update(extra_env or {})
     log = open(log_dir / f"worker-{name}.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "indexer.worker", "worker", "-Q", "embed", "--pool", "solo",
-         "--concurrency", "1", "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
+        [sys.executable, "-m", "clipdex.cli", "worker", "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
          "--without-heartbeat", "--loglevel", "INFO"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

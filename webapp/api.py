@@ -5,49 +5,41 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, request, send_from_directory
 
-from clipdex import catalog, status
-from clipdex.model import LazyModel
-from clipdex.search import Page, QuerySpec, check_image_id, search
-from webapp.query import SearchRequest, parse_search
+from clipdex import status
+from webapp import catalog
+from clipdex.search import NotFound, check_image_id
+from webapp.present import detail_json, hit_json, page_json
+from webapp.query import search_request
 from webapp.runtime import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-SIMILAR = 24
-
-
-def run_search(sr: SearchRequest) -> Page:
-    rt = runtime()
-    with rt.connection() as conn:
-        return search(rt.database, conn, rt.model_key, spec=sr.spec, model=LazyModel(rt.settings),
-                      filters=sr.filters, limit=sr.limit, cursor=sr.cursor,
-                      max_pixels=min(rt.settings.max_pixels, 100_000_000), ef_search=rt.settings.ef_search,
-                      decode_budget=rt.decode_budget)
-
-
-def similar(image_id: int, limit: int = SIMILAR) -> Page:
-    return run_search(SearchRequest(QuerySpec(image_ids=[(image_id, 1.0)]), filters=None, limit=limit,
-                                    cursor=None))
 
 
 @bp.route("/search", methods=["GET", "POST"])
 def search_api():
-    sr = parse_search(request, runtime().settings.upload_max_bytes)
-    return run_search(sr).to_dict()
+    rt = runtime()
+    search = search_request(request, rt.settings.upload_max_bytes)
+    with rt.connection() as conn:
+        return page_json(rt.search.search(conn, search))
 
 
 @bp.get("/images/<int:image_id>")
 def image_api(image_id: int):
     check_image_id(image_id)
-    with runtime().connection() as conn:
-        detail = catalog.image_detail(conn, image_id)
-    detail["similar"] = [h.to_dict() for h in similar(image_id).hits if h.id != image_id]
+    rt = runtime()
+    with rt.connection() as conn:
+        detail = detail_json(catalog.image_detail(conn, image_id))
+        similar = rt.search.similar(conn, image_id)
+    detail["similar"] = [hit_json(h) for h in similar.hits if h.id != image_id]
     return detail
 
 
 @bp.get("/images/<int:image_id>/similar")
 def similar_api(image_id: int):
     check_image_id(image_id)
-    return similar(image_id).to_dict()
+    rt = runtime()
+    with rt.connection() as conn:
+        return page_json(rt.search.similar(conn, image_id))
 
 
 @bp.get("/filters")
@@ -64,8 +56,6 @@ def status_api():
 
 @bp.get("/status/<int:run_id>")
 def run_api(run_id: int):
-    from clipdex.search import NotFound
-
     with runtime().connection() as conn:
         run = status.get_run(conn, run_id) if run_id <= 2**63 - 1 else None
     if run is None:

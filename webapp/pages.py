@@ -7,9 +7,11 @@ import io
 
 from flask import Blueprint, Response, redirect, render_template, request, send_file
 
-from clipdex import catalog, status
+from clipdex import status
+from webapp import catalog
 from clipdex.search import check_image_id
-from webapp.api import similar
+from clipdex.vocabulary import IMAGE_FORMATS, MIME_TYPES, SOURCE_KINDS
+from webapp.present import detail_json
 from webapp.runtime import runtime
 
 bp = Blueprint("pages", __name__)
@@ -21,15 +23,16 @@ PREVIEW_SIDE = 1600
 def search_page():
     with runtime().connection() as conn:
         facets = catalog.facets(conn)
-    return render_template("search.html", facets=facets)
+    return render_template("search.html", facets=facets, sources=SOURCE_KINDS, formats=IMAGE_FORMATS)
 
 
 @bp.get("/images/<int:image_id>")
 def detail_page(image_id: int):
     check_image_id(image_id)
-    with runtime().connection() as conn:
-        detail = catalog.image_detail(conn, image_id)
-    hits = [h for h in similar(image_id).hits if h.id != image_id]
+    rt = runtime()
+    with rt.connection() as conn:
+        detail = detail_json(catalog.image_detail(conn, image_id))
+        hits = [h for h in rt.search.similar(conn, image_id).hits if h.id != image_id]
     return render_template("detail.html", image=detail, similar=hits)
 
 
@@ -53,10 +56,6 @@ def thumbnail(image_id: int):
     return response.make_conditional(request)
 
 
-MIMETYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
-             "heif": "image/heic", "avif": "image/avif", "bmp": "image/bmp", "tiff": "image/tiff"}
-
-
 @bp.get("/images/<int:image_id>/original")
 def original(image_id: int):
     check_image_id(image_id)
@@ -64,7 +63,7 @@ def original(image_id: int):
     with rt.connection() as conn:
         found = catalog.open_original(rt.settings, conn, image_id)
     body = io.BytesIO(found.data) if found.data is not None else found.handle
-    response = send_file(body, mimetype=MIMETYPES[found.format], conditional=True,
+    response = send_file(body, mimetype=MIME_TYPES[found.format], conditional=True,
                          as_attachment=request.args.get("download") == "1", download_name=found.name,
                          etag=f"o{image_id}-{found.size}-{found.mtime_ns}",
                          last_modified=found.mtime_ns / 1e9)

@@ -1,4 +1,5 @@
-"""Per-process resources of the web app: a database pool and the model, both built on first use."""
+"""Per-process resources of the web app: a database pool, the search service (and its model),
+the decode budget; built on first use, in the process that serves requests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from flask import current_app
 from clipdex.config import Settings
 from clipdex.database import Database, DatabaseError, open_database
 from clipdex.imaging import DecodeBudget
+from clipdex.search import SearchService
 
 
 # How long a request waits for a database connection: after a restart or a network cut the
@@ -59,17 +61,10 @@ class AppRuntime:
                 raise DatabaseError("The database is not answering right now; try again in a moment.") from None
             yield conn
 
-    def model(self):
-        from clipdex.model import load_model
-
-        return load_model(self.settings)
-
     @cached_property
-    def model_key(self) -> str:
-        """Computed once: for a local-dir: model it hashes the weight files."""
-        from clipdex.model import ModelSpec
-
-        return ModelSpec.from_settings(self.settings).key()
+    def search(self) -> SearchService:
+        """The search service every page and API endpoint calls (one model per process)."""
+        return SearchService(self.settings, self.database, decode_budget=self.decode_budget)
 
 
 def runtime() -> AppRuntime:

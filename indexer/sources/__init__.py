@@ -14,6 +14,7 @@ means an iPhone copy, ``Tencent Files`` / ``nt_data`` means QQ; everything else 
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,19 +22,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clipdex.files import open_regular, read_capped
-from clipdex.roots import decode_path, display_path, encode_path
+from clipdex.roots import display_path
+from clipdex.vocabulary import NON_IMAGE_EXTENSIONS
 from indexer.scan import ScannedFile, ScannedFolder
 
-SOURCE_KINDS = ("takeout", "iphone", "qq", "folder")
-
-# Extensions that are certainly not still images: skipped by name, silently, in every source.
-NON_IMAGE_EXTENSIONS = frozenset({
-    "json", "aae", "xmp", "mov", "mp4", "m4v", "3gp", "3g2", "avi", "mkv", "webm", "mts", "m2ts",
-    "wmv", "mpg", "mpeg", "flv", "html", "htm", "txt", "csv", "db", "sqlite", "ini", "xml", "plist",
-    "pdf", "zip", "tgz", "gz", "rar", "7z", "tar", "amr", "silk", "slk", "mp3", "wav", "m4a", "aac",
-    "ogg", "opus", "lnk", "url", "exe", "dll", "log", "thm", "lrv", "mp", "js", "css",
-})
 IGNORED_NAMES = frozenset({b".ds_store", b"thumbs.db", b"desktop.ini", b".nomedia", b"icon\r"})
+
+
+def encode_path(raw: bytes) -> str | dict:
+    """JSON-safe form of a name for task messages: text when it is UTF-8, else base64."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(raw).decode("ascii")}
+
+
+def decode_path(value: str | dict) -> bytes:
+    if isinstance(value, dict):
+        return base64.b64decode(value["b64"])
+    return value.encode("utf-8")
 
 
 def extension(name: str | bytes) -> str:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.files import FileRefused
-from clipdex.roots import decode_path, display_path, encode_path
-from indexer.sources import (FileTask, Plan, SourceInfo, VirtualFolder, extension, is_candidate,
-                             read_small_file)
+from clipdex.roots import display_path
+from indexer.sources import (FileTask, Plan, SourceInfo, VirtualFolder, decode_path, encode_path, extension,
+                             is_candidate, read_small_file)
 from indexer.sources.takeout_match import (ALBUM_METADATA_NAMES, NON_SIDECAR_JSON, is_photos_root,
                                            is_year_folder, match_sidecars, original_name)
 

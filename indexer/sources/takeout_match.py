@@ -1,8 +1,9 @@
 """Pair Google Takeout media files with their JSON sidecars, by name alone.
 
-Google names a sidecar after the item's *title* (its upload name), while the file on disk
-may carry a cut stem, a duplicate counter, an edited suffix or an added extension
-(formats.md 1.4-1.5). So every sidecar name the media name could have produced is rebuilt,
+Google names a sidecar after the item's *title* (its upload name), while the file on disk may
+carry a cut stem, a duplicate counter, an edited suffix or an added extension: Google cuts long
+names in UTF-16 units, moves "(1)" counters behind the extension, and writes (and cuts)
+".supplemental-metadata". So every sidecar name the media name could have produced is rebuilt,
 strictest interpretation first, inside one folder that the caller has already merged across
 Takeout parts. Nothing here reads a file.
 """
@@ -354,7 +355,7 @@ def match_sidecars(media_names: Sequence[str], json_names: Sequence[str],
     name -> the sidecar's `title` field (the caller may read JSONs and call again for the
     leftovers); it is used only by the last-resort title rule.
 
-    Rules run from strict to loose, each over every still unmatched file (formats.md 1.10): own
+    Rules run from strict to loose, each over every still unmatched file: own
     name, moved counter, extension-less title, edited original, forgotten duplicate, title, then
     motion part and Live-Photo video. One JSON is never the primary sidecar of two files, except
     for forgotten duplicates, which are marked low.

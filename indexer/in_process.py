@@ -11,10 +11,12 @@ from typing import TextIO
 
 import psycopg
 
+from clipdex import model_registry
 from clipdex.config import Settings
 from clipdex.database import Database, DatabaseError
 from indexer import store
-from indexer.pipeline import Runtime, process_batch, stage_totals
+from indexer.batch import process_batch, stage_totals
+from indexer.runtime import Runtime
 from indexer.producer import RunPlan, plan_run
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
             if out is not None:
                 out.write("building the vector index once for the whole run…\n")
             with database.connect(autocommit=True) as conn:
-                store.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
+                model_registry.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
     finally:
         if own_runtime:
             rt.close()
@@ -118,7 +120,4 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
 def _fail(database: Database, run_id: int, batch_no: int, exc: Exception) -> int:
     """Marks the batch failed; returns how many files it held."""
     with database.connect(autocommit=True) as conn:
-        store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}")
-        row = conn.execute("SELECT files FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
-                           (run_id, batch_no)).fetchone()
-    return row[0] if row else 0
+        return store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}").files

@@ -1,5 +1,5 @@
-"""Reading the library back: one image's details and copies, thumbnails, originals by image id,
-and the values the filter panel offers."""
+"""What the web app reads back from the library: one image's details and copies, thumbnails,
+originals by image id, and the values the filter panel offers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import psycopg
 from clipdex.config import Settings
 from clipdex.files import FileRefused, open_regular, read_capped
 from clipdex.roots import RootError, absolute, known_roots, local_root
-from clipdex.search import Conflict, NotFound
+from clipdex.search.errors import Conflict, NotFound
 
 
 def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
@@ -36,8 +36,6 @@ def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
         for root, relpath, source, album, size, mtime_ns, meta in conn.execute(
             "SELECT root, relpath, source, album, byte_size, mtime_ns, source_meta FROM locations "
             "WHERE image_id = %s ORDER BY album IS NULL, first_seen_at, id", (image_id,))]
-    detail["thumbnail_url"] = f"/thumbnails/{image_id}.webp"
-    detail["original_url"] = f"/images/{image_id}/original"
     return detail
 
 

@@ -1,0 +1,287 @@
+"""The commands that drive the core (configuration, the database, status, search, the model) and
+what every command module shares: the settings in the click context and the errors a user can act
+on. Commands that drive the indexer or the web app live next to them (indexer/commands.py,
+webapp/commands.py); clipdex/cli.py assembles them all."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from clipdex.config import ConfigError, Settings
+from clipdex.text import printable
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are one sentence for the user, not a traceback."""
+    from clipdex.database import DatabaseError
+    from clipdex.model import ModelUnavailable
+    from clipdex.model_registry import ModelMismatch, UnknownModel
+
+    return ConfigError, DatabaseError, ModelUnavailable, ModelMismatch, UnknownModel
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    return ctx.find_object(Settings)
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+@click.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Print the effective settings as environment variables."""
+    for key, value in sorted(settings_of(ctx).to_environ().items()):
+        if key in ("CLIPDEX_ACCESS_TOKEN",):
+            value = "***"
+        click.echo(f"{key}={value}")
+
+
+# --- database -----------------------------------------------------------------------------------
+
+
+@click.group()
+def db() -> None:
+    """Database: schema migrations, URL, embedded server."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from clipdex import database
+
+    settings = settings_of(ctx)
+    url = database.resolve_url(settings)
+    with database.connect(url, register=False) as conn:
+        database.check_server(database.inspect_server(conn), url)
+    database.upgrade(url, revision)
+    with database.connect(url, register=False) as conn:
+        click.echo(f"schema at {database.current_revision(conn) or 'base'}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.pass_context
+def db_downgrade(ctx: click.Context, revision: str) -> None:
+    """Revert migrations down to REVISION (`base` removes every clipdex table)."""
+    from clipdex import database
+
+    url = database.resolve_url(settings_of(ctx))
+    database.downgrade(url, revision)
+    with database.connect(url, register=False) as conn:
+        click.echo(f"schema at {database.current_revision(conn) or 'base'}")
+
+
+@db.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Show the schema revision, the head revision and the server's versions."""
+    from clipdex import database
+
+    url = database.resolve_url(settings_of(ctx))
+    with database.connect(url, register=False) as conn:
+        info = database.inspect_server(conn)
+        current = database.current_revision(conn)
+    click.echo(f"schema:     {current or 'base'} (head {database.head_revision()})")
+    click.echo(f"postgresql: {info.server_version}")
+    click.echo(f"pgvector:   {info.pgvector_installed or 'not installed'}"
+               f" (available {info.pgvector_available or 'none'})")
+
+
+@db.command("url")
+@click.pass_context
+def db_url(ctx: click.Context) -> None:
+    """Print the database URL (starts the embedded server if needed): psql "$(clipdex db url)"."""
+    from clipdex import database
+
+    click.echo(database.open_database(settings_of(ctx)).url)
+
+
+@db.command("psql", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def db_psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the clipdex database (the embedded server's own psql when embedded)."""
+    import shutil
+
+    from clipdex import database, embedded_postgres
+
+    settings = settings_of(ctx)
+    url = database.open_database(settings).url
+    psql = str(embedded_postgres.psql_path()) if settings.uses_embedded_database else shutil.which("psql")
+    if not psql:
+        raise click.ClickException("psql is not installed")
+    os.execv(psql, [psql, url, *psql_args])
+
+
+@db.command("index")
+@click.pass_context
+def db_index(ctx: click.Context) -> None:
+    """Build any missing per-model vector index (e.g. after an interrupted bulk load)."""
+    from clipdex import model_registry
+    from clipdex.database import open_database
+
+    settings = settings_of(ctx)
+    with open_database(settings).connect(autocommit=True) as conn:
+        for name, index in model_registry.build_missing_indexes(conn, settings.lock_timeout):
+            click.echo(f"{printable(name)}: {index}")
+
+
+@db.command("stop")
+@click.pass_context
+def db_stop(ctx: click.Context) -> None:
+    """Stop the embedded PostgreSQL server (the next command starts it again)."""
+    from clipdex import embedded_postgres
+
+    settings = settings_of(ctx)
+    if not settings.uses_embedded_database:
+        raise click.ClickException("CLIPDEX_DATABASE_URL is set: clipdex does not manage that server")
+    click.echo("stopped" if embedded_postgres.stop(settings.home) else "not running")
+
+
+# --- status and search --------------------------------------------------------------------------
+
+
+@click.command("status")
+@click.argument("run_id", type=int, required=False)
+@click.option("--failures", "show_failures", is_flag=True, help="List failed files and reasons.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--limit", default=10, show_default=True, help="Runs (or failures) to show.")
+@click.pass_context
+def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_json: bool,
+               limit: int) -> None:
+    """Ingest runs: per source, files queued, done, duplicates, failed, and the rate."""
+    from clipdex import status
+    from clipdex.database import open_database
+
+    with open_database(settings_of(ctx)).connect() as conn:
+        if show_failures:
+            rows = status.failures(conn, run_id, limit=max(limit, 100) if limit == 10 else limit)
+            if as_json:
+                for f in rows:
+                    click.echo(json.dumps({**f.__dict__, "created_at": f.created_at.isoformat()}))
+            for f in rows if not as_json else []:
+                click.echo(f"run {f.run_id}  {printable(f.root)}/{printable(f.path)}  [{f.stage}] {printable(f.reason)}")
+            return
+        runs = [status.get_run(conn, run_id)] if run_id is not None else status.list_runs(conn, limit)
+    if run_id is not None and runs[0] is None:
+        raise click.ClickException(f"there is no run {run_id}")
+    if as_json:
+        for run in runs:
+            click.echo(json.dumps(run.to_dict()))
+        return
+    for run in runs:
+        rate = f", {run.images_per_second} images/s" if run.images_per_second else ""
+        failed = f" ({run.batches_failed} failed)" if run.batches_failed else ""
+        click.echo(f"run {run.id} [{run.state}] {run.mode} {printable(run.root)}/{printable(run.path or '')} "
+                   f"model {printable(run.model)}: batches {run.batches_done}/{run.batches}{failed}{rate}")
+        for s in run.sources:
+            click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}, "
+                       f"queued {s.queued}, done {s.processed}, new {s.new}, duplicates {s.duplicates}, "
+                       f"not images {s.ignored}, failed {s.failed}, gone {s.gone}")
+        if run.scan_failures:
+            click.echo(f"  {run.scan_failures} paths could not be scanned")
+        for error in run.errors:
+            click.echo(f"  error: {printable(error)}")
+
+
+@click.command("search")
+@click.argument("texts", nargs=-1)
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="An example image file (repeatable).")
+@click.option("--like", "likes", multiple=True, help="An indexed image id to look like (`12^0.5` weighs it).")
+@click.option("--not", "negatives", multiple=True, help="A text to steer away from (repeatable).")
+@click.option("--filter", "-f", "filters", multiple=True, metavar="NAME=VALUE",
+              help="A filter, e.g. -f taken_from=2023-01-01 -f source=iphone -f orientation=portrait.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--cursor", help="The next page of an earlier search (printed with --json).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines: one per result, then the cursor.")
+@click.pass_context
+def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, limit, cursor, as_json) -> None:
+    """Search by TEXTS (`red car^2` weighs a text), example images and filters."""
+    from clipdex.database import open_database
+    from clipdex.search import QueryError, SearchRequest, SearchService
+
+    settings = settings_of(ctx)
+    params: dict[str, list[str]] = {"q": list(texts), "not": list(negatives), "like": list(likes),
+                                    "limit": [str(limit)], "cursor": [cursor] if cursor else []}
+    try:
+        for item in filters:
+            name, sep, value = item.partition("=")
+            if not sep or name.strip() in params:
+                raise QueryError(f"--filter {item!r}: expected NAME=VALUE with a filter's name")
+            params.setdefault(name.strip(), []).append(value)
+        request = SearchRequest.parse(params, [Path(p).read_bytes() for p in images])
+        database = open_database(settings)
+        with database.connect(autocommit=True) as conn:
+            page = SearchService(settings, database).search(conn, request)
+    except QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        for hit in page.hits:
+            click.echo(json.dumps(hit.to_dict()))
+        click.echo(json.dumps({"next_cursor": page.next_cursor, "strategy": page.strategy}))
+        return
+    if not page.hits:
+        click.echo("no photos match")
+    for hit in page.hits:
+        taken = hit.taken_at.date().isoformat() if hit.taken_at else "?"
+        click.echo(f"{hit.id:>8}  {hit.score:5.3f}  {taken}  {hit.width}x{hit.height}  {hit.source or '?':7}  "
+                   f"{printable(hit.root or '')}/{printable(hit.path or '')}")
+
+
+@click.command("embed-text")
+@click.argument("texts", nargs=-1, required=True)
+@click.pass_context
+def embed_text(ctx: click.Context, texts: tuple[str, ...]) -> None:
+    """Embed query TEXTS with the model and cache them for psql: search_text('…')."""
+    from clipdex.database import open_database
+    from clipdex.search import QueryError, SearchService
+
+    settings = settings_of(ctx)
+    database = open_database(settings)
+    with database.connect(autocommit=True) as conn:
+        try:
+            SearchService(settings, database).cache_texts(conn, list(texts))
+        except (QueryError, LookupError) as exc:
+            raise click.ClickException(str(exc)) from None
+    for text in texts:
+        click.echo(f"cached: SELECT * FROM search_text({_sql_literal(text)});")
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# --- model --------------------------------------------------------------------------------------
+
+
+@click.command("model")
+@click.option("--activate", is_flag=True,
+              help="Make this model the one psql's vectors view and functions use.")
+@click.pass_context
+def model_info(ctx: click.Context, activate: bool) -> None:
+    """Load the configured model and print its key, device and embedding size."""
+    from clipdex.model import load_model
+
+    settings = settings_of(ctx)
+    model = load_model(settings)
+    click.echo(json.dumps({"key": model.key, "device": model.device, **model.describe()}))
+    if activate:
+        from clipdex import model_registry
+        from clipdex.database import open_database
+
+        with open_database(settings).connect(autocommit=True) as conn:
+            model_registry.activate(conn, model.key, settings.lock_timeout)
+        click.echo(f"psql now searches with {model.key}")
+
+
+COMMANDS = [show_config, db, status_cmd, search_cmd, embed_text, model_info]

@@ -1,0 +1,218 @@
+"""The filter language: metadata conditions on photos, parsed from request parameters, turned
+into parameterised SQL over ``images i`` (and ``locations l`` through EXISTS)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from clipdex.search.errors import QueryError
+from clipdex.text import printable, unstorable_reason
+from clipdex.vocabulary import FORMAT_NAMES, IMAGE_FORMATS, ORIENTATIONS, SOURCE_KINDS
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise QueryError(f"{name}: expected true or false, got {value!r}")
+
+
+def _parse_int(name: str, value: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise QueryError(f"{name}: expected a whole number, got {value!r}") from None
+    if not low <= number <= high:
+        raise QueryError(f"{name}: must be between {low} and {high}, got {number}")
+    return number
+
+
+def _parse_when(name: str, value: str, end: bool) -> datetime:
+    """A date (whole day, inclusive) or an ISO date-time, in UTC; naive times are UTC. The last
+    day Python knows (9999-12-31) ends at its last microsecond."""
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = date.fromisoformat(text)
+            if end and day == date.max:
+                return datetime.max.replace(tzinfo=timezone.utc)
+            return datetime.combine(day + timedelta(days=1) if end else day, time(), timezone.utc)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        raise QueryError(f"{name}: {value!r} is outside the dates clipdex can compare (years 1 to 9999)") from None
+    except ValueError:
+        raise QueryError(f"{name}: expected a date like 2023-07-31 or 2023-07-31T18:00, got {value!r}") from None
+
+
+def check_text(name: str, value: str) -> str:
+    """A parameter's text, or QueryError when PostgreSQL could not take it (NUL, broken Unicode)."""
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise QueryError(f"{name}: {reason}")
+    return value
+
+
+def _split_values(values: Iterable[str]) -> list[str]:
+    return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata filters, all combinable (AND)."""
+
+    taken_from: datetime | None = None   # inclusive
+    taken_to: datetime | None = None     # exclusive (a date means the whole day)
+    source: tuple[str, ...] = ()
+    album: tuple[str, ...] = ()
+    min_width: int | None = None
+    min_height: int | None = None
+    orientation: str | None = None
+    format: tuple[str, ...] = ()
+    camera_make: str | None = None
+    camera_model: str | None = None
+    has_gps: bool | None = None
+    bbox: tuple[float, float, float, float] | None = None   # south, west, north, east
+    favorite: bool | None = None
+    path: str | None = None              # "root/relative/prefix"
+
+    NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
+             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path")
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Sequence[str]]) -> "Filters":
+        """From request parameters (each a list of strings); unknown names are an error."""
+        unknown = sorted(str(name) for name in set(params) - set(cls.NAMES))
+        if unknown:
+            raise QueryError(f"unknown filter {printable(unknown[0])!r}; filters are: {', '.join(cls.NAMES)}")
+        for name, items in params.items():
+            for item in items:
+                check_text(name, str(item))
+        values: dict[str, Any] = {}
+
+        def one(name: str) -> str | None:
+            items = [v for v in params.get(name, []) if str(v).strip()]
+            if len(items) > 1:
+                raise QueryError(f"{name}: give it once")
+            return str(items[0]) if items else None
+
+        if (v := one("taken_from")) is not None:
+            values["taken_from"] = _parse_when("taken_from", v, end=False)
+        if (v := one("taken_to")) is not None:
+            values["taken_to"] = _parse_when("taken_to", v, end=True)
+        if values.get("taken_from") and values.get("taken_to") and values["taken_from"] >= values["taken_to"]:
+            raise QueryError("taken_from must be before taken_to")
+        sources = _split_values(params.get("source", []))
+        for s in sources:
+            if s not in SOURCE_KINDS:
+                raise QueryError(f"source: {s!r} is not one of {', '.join(SOURCE_KINDS)}")
+        values["source"] = tuple(dict.fromkeys(sources))
+        values["album"] = tuple(dict.fromkeys(a.strip() for a in params.get("album", []) if a.strip()))
+        for name in ("min_width", "min_height"):
+            if (v := one(name)) is not None:
+                values[name] = _parse_int(name, v, 1, 1_000_000)
+        if (v := one("orientation")) is not None:
+            if v not in ORIENTATIONS:
+                raise QueryError(f"orientation: {v!r} is not one of {', '.join(ORIENTATIONS)}")
+            values["orientation"] = v
+        formats = []
+        for f in _split_values(params.get("format", [])):
+            if f.lower() not in FORMAT_NAMES:
+                raise QueryError(f"format: {f!r} is not one of {', '.join(sorted(IMAGE_FORMATS))}")
+            formats.append(FORMAT_NAMES[f.lower()])
+        values["format"] = tuple(dict.fromkeys(formats))
+        for name in ("camera_make", "camera_model"):
+            if (v := one(name)) is not None:
+                values[name] = v.strip()
+        for name in ("has_gps", "favorite"):
+            if (v := one(name)) is not None:
+                values[name] = _parse_bool(name, v)
+        if (v := one("bbox")) is not None:
+            try:
+                south, west, north, east = (float(x) for x in v.split(","))
+            except ValueError:
+                raise QueryError("bbox: expected south,west,north,east in degrees, e.g. 48.8,2.2,48.9,2.5") from None
+            if not all(map(math.isfinite, (south, west, north, east))) or not (
+                    -90 <= south <= north <= 90 and -180 <= west <= 180 and -180 <= east <= 180):
+                raise QueryError("bbox: latitudes within -90..90 with south <= north, longitudes within -180..180")
+            values["bbox"] = (south, west, north, east)
+        if (v := one("path")) is not None:
+            values["path"] = v.strip().strip("/")
+        return cls(**values)
+
+    def to_params(self) -> dict[str, list[str]]:
+        """The inverse of parse, for cursors and links."""
+        out: dict[str, list[str]] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == ():
+                continue
+            if isinstance(value, tuple) and f.name != "bbox":
+                out[f.name] = list(value)
+            elif f.name == "bbox":
+                out[f.name] = [",".join(repr(x) for x in value)]
+            elif isinstance(value, datetime):
+                out[f.name] = [value.isoformat()]
+            elif isinstance(value, bool):
+                out[f.name] = ["true" if value else "false"]
+            else:
+                out[f.name] = [str(value)]
+        return out
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) not in (None, ()) for f in fields(self))
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """A WHERE fragment over images `i` (locations through EXISTS) and its parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for value, clause in (
+            (self.taken_from, "i.taken_at >= %s"),
+            (self.taken_to, "i.taken_at < %s"),
+            (self.min_width, "i.width >= %s"),
+            (self.min_height, "i.height >= %s"),
+            (self.orientation, "i.orientation = %s"),
+            (list(self.format), "i.format = ANY(%s)"),
+            (self.camera_make, "lower(i.camera_make) = lower(%s)"),
+            (self.camera_model, "lower(i.camera_model) = lower(%s)"),
+        ):
+            if value:
+                clauses.append(clause)
+                params.append(value)
+        if self.has_gps is not None:
+            clauses.append("i.latitude IS NOT NULL" if self.has_gps else "i.latitude IS NULL")
+        if self.bbox:
+            south, west, north, east = self.bbox
+            clauses.append("i.latitude BETWEEN %s AND %s")
+            params += [south, north]
+            if west <= east:
+                clauses.append("i.longitude BETWEEN %s AND %s")
+                params += [west, east]
+            else:  # the box crosses the antimeridian
+                clauses.append("(i.longitude >= %s OR i.longitude <= %s)")
+                params += [west, east]
+        if self.favorite is not None:
+            clauses.append("i.favorite" if self.favorite else "NOT i.favorite")
+        location: list[str] = []
+        for value, clause in ((list(self.source), "l.source = ANY(%s)"), (list(self.album), "l.album = ANY(%s)")):
+            if value:
+                location.append(clause)
+                params.append(value)
+        if self.path:
+            root, _, prefix = self.path.partition("/")
+            location.append("l.root = %s")
+            params.append(root)
+            if prefix:
+                location.append(r"l.relpath LIKE %s ESCAPE '\'")
+                params.append(re.sub(r"([\\%_])", r"\\\1", prefix) + "%")
+        if location:
+            clauses.append("EXISTS (SELECT 1 FROM locations l WHERE l.image_id = i.id AND "
+                           + " AND ".join(location) + ")")
+        return (" AND ".join(clauses) or "true"), params

@@ -1,0 +1,133 @@
+"""One search request, from plain parameters: what the CLI's flags, a query string, a form or a
+JSON body all become. Every validation and cap lives here, so each surface refuses the same
+things with the same words.
+
+Parameters (each a list of strings):
+  q=<text>        a text to look for (repeatable); `red car^2` gives it weight 2
+  not=<text>      a text to steer away from (repeatable)
+  like=<id>       an indexed image to look like (repeatable, `123^0.5` for a weight)
+  limit=<n>       page size, 1..200 (default 40)
+  cursor=<c>      the next page of an earlier search (all other parameters are then ignored)
+  and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from clipdex.search.errors import NotFound, QueryError
+from clipdex.search.filters import Filters, check_text
+
+MAX_PAGE = 200
+DEFAULT_PAGE = 40
+MAX_TERMS = 16            # texts, negative texts and images together
+MAX_TEXT_LENGTH = 1000    # characters of one query text
+MAX_ID = 2**63 - 1
+IGNORED_PARAMETERS = ("token",)   # an old way to pass the access token; never a filter
+
+_WEIGHT = re.compile(r"^(.*?)\^(-?\d+(?:\.\d+)?)$", re.S)
+
+
+def split_weight(term: str, default: float = 1.0) -> tuple[str, float]:
+    """'red car^1.5' -> ('red car', 1.5); a trailing ^number is a weight (Lucene's boost syntax)."""
+    match = _WEIGHT.match(term.strip())
+    if not match:
+        return term.strip(), default
+    weight = float(match.group(2))
+    if not math.isfinite(weight) or not 0 < abs(weight) <= 100:
+        raise QueryError(f"weight of {match.group(1)!r} must be between -100 and 100, not 0")
+    return match.group(1).strip(), weight
+
+
+def check_image_id(image_id: int) -> int:
+    if not 1 <= image_id <= MAX_ID:
+        raise NotFound(f"there is no image {image_id}")
+    return image_id
+
+
+def parse_like_term(term: str) -> tuple[int, float]:
+    """'123^0.5' -> (123, 0.5): an indexed image's id with an optional weight.
+
+    Only ASCII digits count: str.isdigit() also accepts '¹', which int() refuses. A number past
+    bigint is a well-formed id of no image (404, as for /api/images/<id>), and never reaches int().
+    """
+    value, weight = split_weight(term)
+    if not re.fullmatch(r"[0-9]+", value):
+        raise QueryError(f"like: expected an image id (a whole number), got {value!r}")
+    if len(value) > len(str(MAX_ID)):
+        raise NotFound(f"there is no image {value[:24]}{'…' if len(value) > 24 else ''}")
+    return check_image_id(int(value)), weight
+
+
+def parse_limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise QueryError(f"limit: expected a whole number, got {text!r}") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise QueryError(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+@dataclass
+class QuerySpec:
+    """What to look for: each part is (value, weight); negatives are subtracted."""
+
+    texts: list[tuple[str, float]] = field(default_factory=list)
+    negative_texts: list[tuple[str, float]] = field(default_factory=list)
+    image_ids: list[tuple[int, float]] = field(default_factory=list)
+    uploads: list[tuple[bytes, float]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.texts or self.image_ids or self.uploads)
+
+    def check(self) -> "QuerySpec":
+        """QueryError unless this is something a search can take."""
+        if self.empty:
+            raise QueryError("empty query: give a text, an image, or both")
+        parts = len(self.texts) + len(self.negative_texts) + len(self.image_ids) + len(self.uploads)
+        if parts > MAX_TERMS:
+            raise QueryError(f"at most {MAX_TERMS} texts and images in one search")
+        for text, _ in self.texts + self.negative_texts:
+            check_text("q", text)
+            if len(text) > MAX_TEXT_LENGTH:
+                raise QueryError(f"a query text may have at most {MAX_TEXT_LENGTH} characters")
+        for image_id, _ in self.image_ids:
+            check_image_id(image_id)
+        return self
+
+
+@dataclass
+class SearchRequest:
+    """A new search (spec, filters, page size), or the next page of one (cursor)."""
+
+    spec: QuerySpec = field(default_factory=QuerySpec)
+    filters: Filters = field(default_factory=Filters)
+    limit: int = DEFAULT_PAGE
+    cursor: str | None = None
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Sequence[str]], uploads: Sequence[bytes] = ()) -> "SearchRequest":
+        params = {str(k): [str(v) for v in values] for k, values in params.items()}
+        for name, values in params.items():
+            check_text("parameter name", name)
+            for value in values:
+                check_text(name, value)
+        for name in IGNORED_PARAMETERS:
+            params.pop(name, None)
+        cursor = next((c for c in params.pop("cursor", []) if c), None)
+        spec = QuerySpec(
+            texts=[split_weight(t) for t in params.pop("q", []) if t.strip()],
+            negative_texts=[split_weight(t) for t in params.pop("not", []) if t.strip()],
+            image_ids=[parse_like_term(t) for t in params.pop("like", []) if t.strip()],
+            uploads=[(data, 1.0) for data in uploads if data])
+        limit = parse_limit(next(iter(params.pop("limit", [])), str(DEFAULT_PAGE)))
+        filters = Filters.parse(params)
+        request = cls(spec, filters, limit, cursor)
+        if cursor is None:
+            spec.check()
+        return request

@@ -1,0 +1,173 @@
+"""One batch of files, from paths to rows: prepare each file on the decode threads, embed new
+images in groups as they come, write everything in one transaction.
+
+Threads read and decode while the main thread runs the model: Pillow, hashlib and the resize
+kernels release the GIL, so the model's forward pass and the decoding of the next images overlap.
+A file that fails becomes a failure row with its stage and reason, and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import psycopg
+
+from clipdex import model_registry
+from clipdex.files import allowed_roots
+from clipdex.roots import RootError, local_root
+from indexer import store
+from indexer.embed import embed
+from indexer.metadata import image_facts
+from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, prepare
+from indexer.runtime import Runtime
+from indexer.sources import FileTask
+
+log = logging.getLogger(__name__)
+
+WRITE_ATTEMPTS = 3
+
+
+class WrongModel(RuntimeError):
+    """This worker runs another model than the run asked for: it must not write its vectors."""
+
+
+def _location(p: Known | New, source: str) -> store.LocationRow:
+    meta = dict(p.info.source_meta)
+    if p.task.hints.get("hash_mismatch"):
+        meta["hash_mismatch"] = True
+    return store.LocationRow(p.file.sha256, p.task.relpath, source, p.info.album, p.file.size, p.file.mtime_ns,
+                             meta, p.file.inode)
+
+
+def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
+              on_file: Callable[[bool], None] | None = None) -> store.BatchOutcome:
+    """Prepares every file on the thread pool and embeds new images in groups as they come; a
+    window of prepared files bounds the memory."""
+    outcome = store.BatchOutcome()
+    registered = rt.registered_roots()
+    root_path = local_root(rt.settings, None, work.root, registered=registered)
+    ctx = BatchContext(work, root_path, allowed_roots(rt.settings, registered, root_path))
+    settings = rt.settings
+    window = 2 * settings.batch_size + settings.effective_decode_threads
+    futures: list[Future | None] = []
+    pending: list[New] = []
+    embedded: list[New] = []
+    seen_new: set[bytes] = set()
+    task_iter = iter(tasks)
+
+    def submit_next() -> None:
+        task = next(task_iter, None)
+        if task is not None:
+            futures.append(rt.threads.submit(prepare, task, ctx, rt.model, rt.pool,
+                                             max_file_bytes=settings.max_file_bytes,
+                                             max_pixels=settings.max_pixels, budget=rt.decode_budget))
+
+    for _ in range(window):
+        submit_next()
+    index = 0
+    while index < len(futures):
+        p: Prepared = futures[index].result()
+        futures[index] = None  # let the result go once handled
+        index += 1
+        submit_next()
+        for stage, seconds in p.timings.items():
+            outcome.timings[stage] = outcome.timings.get(stage, 0.0) + seconds
+        match p:
+            case Failed():
+                outcome.failures.append((p.task.relpath, p.stage, p.reason, p.size or None, p.mtime_ns or None))
+            case Skipped():
+                outcome.ignored.append((p.task.relpath, p.size, p.mtime_ns, p.reason))
+            case Known():
+                outcome.known_ids[p.file.sha256] = p.image_id
+                facts = image_facts(p.info)
+                if facts.taken_at or facts.latitude is not None or facts.description or facts.favorite or facts.extra:
+                    outcome.known_facts.append((p.image_id, facts))
+                outcome.locations.append(_location(p, work.source))
+            case New() if p.file.sha256 in seen_new:   # the same new bytes twice: one image, two places
+                outcome.locations.append(_location(p, work.source))
+            case New():
+                seen_new.add(p.file.sha256)
+                pending.append(p)
+                outcome.locations.append(_location(p, work.source))
+                if len(pending) >= settings.batch_size:
+                    embedded += embed(rt, pending, outcome)
+                    pending = []
+        if on_file is not None:
+            on_file(isinstance(p, (Known, New)))
+    embedded += embed(rt, pending, outcome)
+    failed = {f[0] for f in outcome.failures}
+    dropped = seen_new - {p.file.sha256 for p in embedded}
+    outcome.locations = [loc for loc in outcome.locations if loc.relpath not in failed and loc.sha256 not in dropped]
+    outcome.new_images = [p.image for p in embedded]
+    return outcome
+
+
+def process_batch(rt: Runtime, run_id: int, batch_no: int,
+                  on_file: Callable[[bool], None] | None = None) -> dict[str, Any] | None:
+    """Indexes one batch and marks it done; a batch that is done (or failed for good) is left alone.
+
+    ``on_file(is_image)`` is called as each file is handled (the local progress line).
+    """
+    with rt.pool.connection() as conn:
+        work = store.load_batch(conn, run_id, batch_no)
+        if work is None or work.state != "queued":
+            return None
+        if work.model != rt.model.key:
+            message = (f"this worker runs model {rt.model.key} but run {run_id} embeds with "
+                       f"{work.model}; start workers with the run's CLIPDEX_MODEL")
+            store.batch_error(conn, run_id, batch_no, message)
+            raise WrongModel(message)
+        store.start_batch(conn, run_id, batch_no, rt.worker_name)
+    try:
+        work.model_id = rt.model_id(defer_index=work.defer_index)
+    except model_registry.LockedOut as exc:
+        with rt.pool.connection() as conn:
+            store.batch_error(conn, run_id, batch_no, str(exc))
+        raise
+    tasks = [FileTask.from_json(item) for item in work.payload or []]
+    started = time.perf_counter()
+    try:
+        outcome = run_files(rt, work, tasks, on_file)
+    except RootError as exc:
+        # The library is not mounted here: every file fails with the reason (none is lost; the
+        # next run retries them).
+        outcome = store.BatchOutcome(failures=[(t.relpath, "read", str(exc), t.size, t.mtime_ns) for t in tasks])
+    outcome.timings["total"] = time.perf_counter() - started
+    write_started = time.perf_counter()
+    counts = _write(rt, work, outcome)
+    if counts is None:
+        return None
+    outcome.timings["write"] = time.perf_counter() - write_started
+    log.info("run %s batch %s: %s", run_id, batch_no, counts)
+    # The batch that finishes a bulk load says so: its HNSW index is then built once.
+    counts["build_index"] = work.model_id if counts.pop("finished_run") and work.defer_index else None
+    return {**counts, "timings": outcome.timings}
+
+
+def _write(rt: Runtime, work: store.BatchWork, outcome: store.BatchOutcome) -> dict[str, int] | None:
+    """Writes the batch in one transaction; None when another worker finished it meanwhile (a
+    redelivered task). A deadlock with a concurrent run is tried again, a few times."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with rt.pool.connection() as conn:
+                with conn.transaction():
+                    if not store.claim_batch(conn, work.run_id, work.batch_no):
+                        return None
+                    return store.write_batch(conn, work, outcome, rt.worker_name)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            if attempt == WRITE_ATTEMPTS:
+                raise
+            log.warning("run %s batch %s: %s; writing again", work.run_id, work.batch_no, exc)
+    return None
+
+
+def stage_totals(results: list[dict]) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for result in results:
+        for stage, seconds in result.get("timings", {}).items():
+            totals[stage] += seconds
+    return dict(totals)

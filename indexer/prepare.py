@@ -1,0 +1,214 @@
+"""The threaded part of indexing one file: read → hash → describe → look up → decode.
+
+Each file is read once; every stage after the read works on those bytes. The answer is exactly
+one of four outcomes: the file failed (with its stage and reason), is not an image (skipped), holds
+bytes already embedded with this model (known: only its location is new), or is a new image ready
+for the model (its pixels preprocessed, everything else of its row filled in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import psycopg
+
+from clipdex.files import FileRefused, open_regular, read_capped
+from clipdex.imaging import DecodeBudget, DecodeFailure, NotAnImage, decode
+from clipdex.model import ClipModel
+from clipdex.roots import absolute
+from clipdex.vocabulary import IMAGE_EXTENSIONS, RAW_EXTENSIONS
+from indexer import store
+from indexer.metadata import image_facts, read_embedded_metadata, resolve_capture_time
+from indexer.sources import FileTask, SourceInfo, extension, get_source
+from indexer.thumbnail import make_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchContext:
+    """What every file of a batch shares: its run, where its root is mounted here, where links
+    may lead, and a cache of the sidecars its files read."""
+
+    work: store.BatchWork
+    root_path: Path
+    inside: Sequence[bytes] | None
+    cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class FileRead:
+    """The file as it was read (what the scan saw may have changed since)."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: bytes
+
+
+@dataclass
+class Failed:
+    task: FileTask
+    stage: str
+    reason: str
+    size: int | None
+    mtime_ns: int | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Skipped:
+    """Not an image by its content (and not named like one): remembered so a re-run skips it."""
+
+    task: FileTask
+    reason: str
+    size: int
+    mtime_ns: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Known:
+    """Bytes already embedded with this model: a new location of a known image."""
+
+    task: FileTask
+    file: FileRead
+    info: SourceInfo
+    image_id: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class New:
+    """New bytes: the row to insert (its embedding still to come) and the model's input."""
+
+    task: FileTask
+    file: FileRead
+    info: SourceInfo
+    image: store.NewImage
+    pixels: Any
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+Prepared = Union[Failed, Skipped, Known, New]
+
+
+def prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, *, max_file_bytes: int,
+            max_pixels: int, budget: DecodeBudget | None = None) -> Prepared:
+    """One file through the threaded stages. Never raises for the file's sake: any surprise becomes
+    its failure (a database error is re-raised: the whole batch must be retried)."""
+    timings: dict[str, float] = {}
+    try:
+        return _prepare(task, ctx, model, pool, max_file_bytes, max_pixels, budget, timings)
+    except psycopg.Error:
+        raise
+    except Exception as exc:
+        log.exception("unexpected error on %r", task.name)
+        return Failed(task, "decode", f"unexpected error: {type(exc).__name__}: {exc}", task.size, task.mtime_ns,
+                      timings)
+
+
+def read_file(path: bytes, max_bytes: int, inside: Sequence[bytes] | None = None
+              ) -> tuple[tuple[bytes, os.stat_result] | None, tuple[str, str] | None]:
+    """The file's bytes and stat, read once; or why not, as a failure (stage, reason).
+
+    ``inside``: the resolved library roots the file must be in (None: follow links anywhere).
+    A named pipe, a device or a link out of the library is refused without blocking or reading.
+    """
+    try:
+        handle, st = open_regular(path, inside)
+    except FileNotFoundError:
+        return None, ("read", "file vanished before it was read")
+    except FileRefused as exc:
+        return None, ("read", str(exc))
+    except OSError as exc:
+        return None, ("read", f"cannot read: {exc.strerror or exc}")
+    with handle:
+        try:
+            return (read_capped(handle, st, max_bytes), st), None
+        except FileRefused as exc:
+            return (b"", st), ("read", str(exc))
+        except OSError as exc:
+            return None, ("read", f"cannot read: {exc.strerror or exc}")
+
+
+def _timed(timings: dict[str, float], stage: str, started: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + now - started
+    return now
+
+
+def describe(ctx: BatchContext, task: FileTask) -> SourceInfo:
+    """What the export says about the file; its own metadata must never cost us the photo."""
+    try:
+        return get_source(ctx.work.source).describe(task, ctx.root_path, ctx.cache)
+    except Exception as exc:
+        log.warning("cannot read %s metadata for %r: %s", ctx.work.source, task.name, exc)
+        return SourceInfo(album=task.album, source_meta={"source_error": str(exc)})
+
+
+def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file_bytes: int, max_pixels: int,
+             budget: DecodeBudget | None, timings: dict[str, float]) -> Prepared:
+    t = time.perf_counter()
+    read, failure = read_file(absolute(ctx.root_path, task.relpath), max_file_bytes, ctx.inside)
+    if read is None:
+        return Failed(task, *failure, task.size, task.mtime_ns, timings)
+    data, st = read
+    if failure:
+        return Failed(task, *failure, st.st_size, st.st_mtime_ns, timings)
+    t = _timed(timings, "read", t)
+    file = FileRead(st.st_size, st.st_mtime_ns, st.st_ino, hashlib.sha256(data).digest())
+    if task.hints.get("md5") and hashlib.md5(data).hexdigest() != task.hints["md5"]:
+        task.hints["hash_mismatch"] = True  # a QQ NT original whose bytes do not match its name
+    t = _timed(timings, "hash", t)
+    info = describe(ctx, task)
+    with pool.connection() as conn:
+        known = store.lookup_image(conn, file.sha256, ctx.work.model_id)
+    t = _timed(timings, "lookup", t)
+    if known is not None and known[1]:
+        return Known(task, file, info, known[0], timings)
+    if extension(task.name) in RAW_EXTENSIONS:
+        return Failed(task, "decode", f"unsupported format: camera RAW (.{extension(task.name)})",
+                      file.size, file.mtime_ns, timings)
+    try:
+        decoded, thumbnail, pixels = decode_for_model(data, model, max_pixels, timings, budget)
+    except NotAnImage as exc:
+        if extension(task.name) in IMAGE_EXTENSIONS:
+            # Named like a photo: the user expects it indexed, so say why it is not.
+            return Failed(task, "decode", f"named like an image but the content is {exc}", file.size,
+                          file.mtime_ns, timings)
+        return Skipped(task, f"not an image: {exc}", file.size, file.mtime_ns, timings)
+    except DecodeFailure as exc:
+        return Failed(task, "decode", str(exc), file.size, file.mtime_ns, timings)
+    capture = resolve_capture_time(decoded.inspected, sidecar_utc=info.sidecar_time,
+                                   filename=task.name, mtime_ns=file.mtime_ns)
+    image = store.NewImage(
+        sha256=file.sha256, format=decoded.format, width=decoded.width, height=decoded.height,
+        exif_orientation=decoded.inspected.exif_orientation, byte_size=file.size,
+        facts=image_facts(info, decoded.inspected, capture), embedding=None, thumbnail=thumbnail)
+    return New(task, file, info, image, pixels, timings)
+
+
+def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None,
+                     budget: DecodeBudget | None = None):
+    """The CPU work on a new image's bytes: decode (with its EXIF), thumbnail, the model's own
+    preprocessing. Returns (decoded, thumbnail, pixels); raises NotAnImage or DecodeFailure."""
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, inspect=read_embedded_metadata,
+                     budget=budget)
+    t = _timed(timings, "decode", t)
+    thumbnail = make_thumbnail(decoded.image)
+    t = _timed(timings, "thumbnail", t)
+    try:
+        pixels = model.preprocess(decoded.image)
+    except Exception as exc:  # open_clip transforms on odd images
+        raise DecodeFailure(f"cannot prepare pixels for the model: {exc}") from None
+    _timed(timings, "preprocess", t)
+    return decoded, thumbnail, pixels

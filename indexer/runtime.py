@@ -1,0 +1,75 @@
+"""What a process needs to index, built once: settings, a database pool, decode threads, the decode
+budget and the model.
+
+The model is loaded on the first batch that needs it, in the process that runs the batches (never
+in a Celery parent before it forks).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+
+from clipdex import model_registry
+from clipdex.config import Settings
+from clipdex.database import Database, open_database
+from clipdex.imaging import DecodeBudget
+from clipdex.model import ClipModel, load_model
+from clipdex.roots import known_roots
+
+
+class Runtime:
+    def __init__(self, settings: Settings, database: Database | None = None) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.settings = settings
+        self.database = database or open_database(settings)
+        threads = settings.effective_decode_threads
+        self.pool = ConnectionPool(
+            self.database.url, min_size=1, max_size=threads + 1, open=True,
+            kwargs={"autocommit": True}, configure=_register_vector,
+            check=ConnectionPool.check_connection, name="clipdex-indexer")
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="clipdex-decode")
+        self.decode_budget = DecodeBudget(settings.decode_memory)
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        self._model: ClipModel | None = None
+        self._model_id: int | None = None
+        self._lock = threading.Lock()
+        self.images_encoded = 0   # model work done by this process, for status and tests
+
+    @property
+    def model(self) -> ClipModel:
+        with self._lock:
+            if self._model is None:
+                self._model = load_model(self.settings)
+            return self._model
+
+    def model_id(self, defer_index: bool = False) -> int:
+        """The model's id in the database, registered (with its HNSW index unless a bulk load
+        defers it) on first use."""
+        if self._model_id is None:
+            model = self.model
+            with self.pool.connection() as conn:
+                self._model_id = model_registry.register_model(
+                    conn, model.key, model.dim, model.describe(), index=not defer_index,
+                    lock_timeout=self.settings.lock_timeout)
+        return self._model_id
+
+    def registered_roots(self) -> dict[str, Path]:
+        with self.pool.connection() as conn:
+            return known_roots(conn)
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True)
+        self.pool.close()
+
+
+def _register_vector(conn: psycopg.Connection) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
