@@ -59,11 +59,12 @@ def make_corpus(folder: Path, counts: dict[str, int] | None = None, seed: int = 
 
 
 def _write(path: Path, kind: str, n: int, seed: int) -> None:
-    """Draws and encodes one file; written under a temporary name so a cut-off run leaves no stub."""
+    """Draws and encodes one file; written under a temporary name of this process's own, so a cut-off
+    run leaves no stub and two runs drawing the same file at once (the smoke tests) never mix."""
     rng = np.random.default_rng([seed, list(KINDS).index(kind), n])
     _, width, height = KINDS[kind]
     data = WRITERS[kind](rng, n, width, height)
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     partial.write_bytes(data)
     os.replace(partial, path)
 

@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> Report:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--smoke", action="store_true", help="2 images of 2000×2000")
+    parser.add_argument("--smoke", action="store_true", help="1 image of 1000×1000")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    size = (2000, 2000) if args.smoke else (WIDTH, HEIGHT)
+    size = (1000, 1000) if args.smoke else (WIDTH, HEIGHT)
     if args.smoke:
-        args.images = 2
+        args.images = 1
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-decode-memory-"))
     try:
         bytes_on_disk = make_images(work / "lib", args.images, size)

@@ -34,9 +34,15 @@ def settings_of(ctx: click.Context) -> Settings:
 @click.command("config")
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
-    """Print the effective settings as environment variables."""
-    for key, value in sorted(settings_of(ctx).to_environ().items()):
-        if key in ("CLIPDEX_ACCESS_TOKEN",):
+    """Print the settings in effect as environment variables (the access token masked)."""
+    settings = settings_of(ctx)
+    ignored = set()
+    if settings.model.startswith(("local-dir:", "hf-hub:")):
+        ignored.add("CLIPDEX_PRETRAINED")   # such a model names its own weights
+    for key, value in sorted(settings.to_environ().items()):
+        if key in ignored:
+            continue
+        if key == "CLIPDEX_ACCESS_TOKEN":
             value = "***"
         click.echo(f"{key}={value}")
 
@@ -129,8 +135,12 @@ def db_index(ctx: click.Context) -> None:
 
     settings = settings_of(ctx)
     with open_database(settings).connect(autocommit=True) as conn:
-        for name, index in model_registry.build_missing_indexes(conn, settings.lock_timeout):
-            click.echo(f"{printable(name)}: {index}")
+        built = model_registry.build_missing_indexes(conn, settings.lock_timeout)
+    if not built:
+        click.echo("no model has vectors yet: nothing to index")
+    for name, index, seconds in built:
+        what = "already there" if seconds is None else f"built in {seconds:.1f} s"
+        click.echo(f"{printable(name)}: {index} {what}")
 
 
 @db.command("stop")
@@ -161,6 +171,8 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
     from clipdex.database import open_database
 
     with open_database(settings_of(ctx)).connect() as conn:
+        if run_id is not None and status.get_run(conn, run_id) is None:
+            raise click.ClickException(f"there is no run {run_id}")
         if show_failures:
             rows = status.failures(conn, run_id, limit=max(limit, 100) if limit == 10 else limit)
             if as_json:
@@ -170,25 +182,34 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
                 click.echo(f"run {f.run_id}  {printable(f.root)}/{printable(f.path)}  [{f.stage}] {printable(f.reason)}")
             return
         runs = [status.get_run(conn, run_id)] if run_id is not None else status.list_runs(conn, limit)
-    if run_id is not None and runs[0] is None:
-        raise click.ClickException(f"there is no run {run_id}")
     if as_json:
         for run in runs:
             click.echo(json.dumps(run.to_dict()))
         return
     for run in runs:
-        rate = f", {run.images_per_second} images/s" if run.images_per_second else ""
-        failed = f" ({run.batches_failed} failed)" if run.batches_failed else ""
-        click.echo(f"run {run.id} [{run.state}] {run.mode} {printable(run.root)}/{printable(run.path or '')} "
-                   f"model {printable(run.model)}: batches {run.batches_done}/{run.batches}{failed}{rate}")
+        click.echo(_run_line(run))
         for s in run.sources:
-            click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}, "
-                       f"queued {s.queued}, done {s.processed}, new {s.new}, duplicates {s.duplicates}, "
-                       f"not images {s.ignored}, failed {s.failed}, gone {s.gone}")
+            failed_before = f", failed before {s.failed_before}" if s.failed_before else ""
+            click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}"
+                       f"{failed_before}, queued {s.queued}, done {s.processed}, new {s.new}, "
+                       f"duplicates {s.duplicates}, not images {s.ignored}, failed {s.failed}, gone {s.gone}")
         if run.scan_failures:
-            click.echo(f"  {run.scan_failures} paths could not be scanned")
+            click.echo(f"  {status.plural(run.scan_failures, 'path')} could not be scanned")
         for error in run.errors:
             click.echo(f"  error: {printable(error)}")
+
+
+def _run_line(run) -> str:
+    from clipdex.status import duration
+
+    failed = f" ({run.batches_failed} failed)" if run.batches_failed else ""
+    line = (f"run {run.id} [{run.state}] {run.mode} {printable(run.root)}/{printable(run.path or '')} "
+            f"model {printable(run.model)}: batches {run.batches_done}/{run.batches}{failed}")
+    if run.files_per_second:
+        line += f", {run.files_per_second:.1f} files/s, {run.images_per_second:.1f} new images/s"
+    if run.seconds_left is not None:
+        line += f", {run.progress:.0%} done, about {duration(run.seconds_left)} left"
+    return line
 
 
 @click.command("search")
@@ -232,10 +253,22 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, lim
         return
     if not page.hits:
         click.echo("no photos match")
-    for hit in page.hits:
-        taken = hit.taken_at.date().isoformat() if hit.taken_at else "?"
-        click.echo(f"{hit.id:>8}  {hit.score:5.3f}  {taken}  {hit.width}x{hit.height}  {hit.source or '?':7}  "
-                   f"{printable(hit.root or '')}/{printable(hit.path or '')}")
+        return
+    click.echo(_hits_table(page.hits))
+    if page.next_cursor:
+        click.echo(f"more: clipdex search --cursor {page.next_cursor}", err=True)
+
+
+def _hits_table(hits) -> str:
+    """Aligned columns under a header; `id` is what --like takes."""
+    rows = [("id", "taken", "size", "source", "path")]
+    for hit in hits:
+        rows.append((str(hit.id), hit.taken_at.date().isoformat() if hit.taken_at else "unknown",
+                     f"{hit.width}×{hit.height}", hit.source or "?",
+                     f"{printable(hit.root or '')}/{printable(hit.path or '')}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:<{widths[3]}}  "
+                     f"{row[4]}".rstrip() for row in rows)
 
 
 @click.command("embed-text")

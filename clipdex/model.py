@@ -278,7 +278,14 @@ class LazyModel:
         self._settings = settings
         self._model: ClipModel | None = None
 
-    def __getattr__(self, name: str):
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> ClipModel:
         if self._model is None:
             self._model = load_model(self._settings)
-        return getattr(self._model, name)
+        return self._model
+
+    def __getattr__(self, name: str):
+        return getattr(self.load(), name)

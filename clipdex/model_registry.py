@@ -8,6 +8,7 @@ a table held open), so they wait at most a given time and then name the session 
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -104,11 +105,18 @@ def model_id(conn: psycopg.Connection, key: str) -> int | None:
     return row[0] if row else None
 
 
-def build_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30) -> list[tuple[str, str]]:
-    """(model name, index name) for every model, each index built if it was missing (after an
-    interrupted bulk load)."""
-    models = conn.execute("SELECT id, name FROM models ORDER BY id").fetchall()
-    return [(name, build_vector_index(conn, model_id, lock_timeout)) for model_id, name in models]
+def build_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30
+                          ) -> list[tuple[str, str, float | None]]:
+    """(model name, index name, seconds it took to build, or None if it was there) for every model
+    (after an interrupted bulk load, some may be missing)."""
+    out = []
+    for model_id, name in conn.execute("SELECT id, name FROM models ORDER BY id").fetchall():
+        existed = conn.execute("SELECT to_regclass(format('embeddings_hnsw_model_%%s', %s::int)) IS NOT NULL",
+                               (model_id,)).fetchone()[0]
+        started = time.perf_counter()
+        index = build_vector_index(conn, model_id, lock_timeout)
+        out.append((name, index, None if existed else time.perf_counter() - started))
+    return out
 
 
 def activate(conn: psycopg.Connection, key: str, lock_timeout: float = 30) -> None:

@@ -1,13 +1,22 @@
 """What ingest runs did, read from the database: the CLI's ``clipdex status`` and the web app's
-status page print the same figures from these queries."""
+status page print the same figures, with the same words, from these queries.
+
+Words: *skipped* files are not photos by their name (sidecars, videos), *not images* were named
+like photos but hold something else, *unchanged* files were indexed before with the same size,
+time and inode, *failed before* failed in an earlier run because of their content and have not
+changed since.
+Rates are over the time the run's batches took (first start to last finish): files/s of every
+file handled, and new images/s of model work.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:
+    import psycopg
 
 
 @dataclass
@@ -19,6 +28,7 @@ class SourceStatus:
     skipped: int         # not photos by name (sidecars, videos, thumbnail copies)
     queued: int          # sent to be processed
     gone: int            # indexed before, no longer on disk: forgotten
+    failed_before: int   # failed in an earlier run, unchanged since: not tried again
     processed: int = 0   # files of finished batches
     new: int = 0         # images embedded for the first time
     duplicates: int = 0  # bytes already indexed: a new location of a known image
@@ -42,8 +52,8 @@ class RunStatus:
     batches_done: int
     batches_failed: int
     scan_failures: int
+    busy_seconds: float | None = None   # first batch start to last batch finish
     sources: list[SourceStatus] = field(default_factory=list)
-    images_per_second: float | None = None
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -58,10 +68,45 @@ class RunStatus:
     def failed(self) -> int:
         return self.scan_failures + sum(s.failed for s in self.sources)
 
+    @property
+    def files_queued(self) -> int:
+        return sum(s.queued for s in self.sources)
+
+    @property
+    def files_processed(self) -> int:
+        return sum(s.processed for s in self.sources)
+
+    @property
+    def files_per_second(self) -> float | None:
+        if not self.busy_seconds or self.busy_seconds <= 0:
+            return None
+        return round(self.files_processed / self.busy_seconds, 1)
+
+    @property
+    def images_per_second(self) -> float | None:
+        """New images embedded per second: the model's work."""
+        if not self.busy_seconds or self.busy_seconds <= 0:
+            return None
+        return round(sum(s.new for s in self.sources) / self.busy_seconds, 1)
+
+    @property
+    def progress(self) -> float:
+        """Share of the queued files handled, 0..1 (1 when nothing was queued)."""
+        return self.files_processed / self.files_queued if self.files_queued else 1.0
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the rate so far, for a run still going."""
+        rate = self.files_per_second
+        if self.state != "running" or not rate:
+            return None
+        return max(0.0, (self.files_queued - self.files_processed) / rate)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["state"] = self.state
-        data["failed"] = self.failed
+        for name in ("state", "failed", "files_queued", "files_processed", "files_per_second",
+                     "images_per_second", "progress", "seconds_left"):
+            data[name] = getattr(self, name)
         for key in ("started_at", "enqueued_at", "finished_at"):
             data[key] = data[key].isoformat() if data[key] else None
         return data
@@ -75,7 +120,7 @@ SELECT r.id, r.mode, r.root, r.path, r.source, r.model, r.host, r.started_at, r.
        (SELECT count(*) FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'failed'),
        (SELECT count(*) FROM ingest_failures f WHERE f.run_id = r.id AND f.source IS NULL),
        (SELECT extract(epoch FROM max(b.finished_at) - min(b.started_at))
-          FROM ingest_batches b WHERE b.run_id = r.id AND b.state = 'done'),
+          FROM ingest_batches b WHERE b.run_id = r.id AND b.state <> 'queued'),
        (SELECT array_agg(DISTINCT b.error) FROM ingest_batches b
           WHERE b.run_id = r.id AND b.state <> 'done' AND b.error IS NOT NULL)
 FROM ingest_runs r
@@ -83,24 +128,25 @@ FROM ingest_runs r
 
 _SOURCES = """
 SELECT s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone,
+       s.files_failed_before,
        coalesce(sum(b.files) FILTER (WHERE b.state <> 'queued'), 0),
        coalesce(sum(b.images_new), 0), coalesce(sum(b.images_known), 0),
        coalesce(sum(b.ignored), 0), coalesce(sum(b.failed), 0)
 FROM ingest_sources s
 LEFT JOIN ingest_batches b ON b.run_id = s.run_id AND b.source = s.source
 WHERE s.run_id = %s
-GROUP BY s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone
+GROUP BY s.source, s.path, s.files_seen, s.files_unchanged, s.files_skipped, s.files_queued, s.files_gone,
+         s.files_failed_before
 ORDER BY s.source
 """
 
 
 def _run_from_row(conn: psycopg.Connection, row: tuple) -> RunStatus:
     *fields, seconds, errors = row
-    run = RunStatus(*fields)
-    run.sources = [SourceStatus(*r) for r in conn.execute(_SOURCES, (run.id,))]
-    done = sum(s.new + s.duplicates for s in run.sources)
-    if seconds and seconds > 0:
-        run.images_per_second = round(done / float(seconds), 2)
+    run = RunStatus(*fields, busy_seconds=float(seconds) if seconds is not None else None)
+    # A source the scan met but that gave nothing to do or tell is not worth a row of zeros.
+    run.sources = [s for s in (SourceStatus(*r) for r in conn.execute(_SOURCES, (run.id,)))
+                   if s.seen or s.gone or s.queued]
     run.errors = [e for e in errors or [] if e]
     return run
 
@@ -133,3 +179,18 @@ def failures(conn: psycopg.Connection, run_id: int | None = None, limit: int = 1
         f"SELECT run_id, root, relpath, source, stage, reason, created_at FROM ingest_failures {where} "
         "ORDER BY run_id DESC, relpath LIMIT %s", params).fetchall()
     return [Failure(*row) for row in rows]
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """'1 file', '2 files' (``words`` for irregular plurals)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
+def duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '2 h 04 min'."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

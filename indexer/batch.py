@@ -78,7 +78,7 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
             outcome.timings[stage] = outcome.timings.get(stage, 0.0) + seconds
         match p:
             case Failed():
-                outcome.failures.append((p.task.relpath, p.stage, p.reason, p.size or None, p.mtime_ns or None))
+                outcome.failures.append((p.task.relpath, p.stage, p.reason, p.size, p.mtime_ns))
             case Skipped():
                 outcome.ignored.append((p.task.relpath, p.size, p.mtime_ns, p.reason))
             case Known():

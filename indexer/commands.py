@@ -10,6 +10,7 @@ import click
 
 from clipdex.commands import settings_of
 from clipdex.config import Settings
+from clipdex.status import duration, plural
 from clipdex.text import printable
 from clipdex.vocabulary import SOURCE_KINDS
 
@@ -18,23 +19,32 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _print_plan(plan) -> None:
+    """What the scan found, before any file is read (stderr: the progress line follows there)."""
+    click.echo(f"run {plan.run_id} (root {plan.root}):", err=True)
     for kind, count in sorted(plan.sources.items()):
         if count.seen:
             where = f" at {printable(count.path)}" if count.path else ""
-            click.echo(f"  {kind}{where}: {count.seen} files, {count.queued} to index, "
-                       f"{count.unchanged} unchanged, {count.skipped} not photos by name", err=True)
+            parts = [plural(count.seen, "file"), f"{count.queued} to index", f"{count.unchanged} unchanged",
+                     f"{count.skipped} skipped (not photos by name)"]
+            if count.failed_before:
+                parts.append(f"{count.failed_before} failed before and unchanged (--retry-failed tries again)")
+            click.echo(f"  {kind}{where}: " + ", ".join(parts), err=True)
         if count.gone:
-            click.echo(f"  {kind}: forgot {count.gone} files no longer on disk", err=True)
+            click.echo(f"  {kind}: forgot {plural(count.gone, 'file')} no longer on disk", err=True)
     if plan.missing_kept:
-        click.echo(f"  kept {plan.missing_kept} indexed files that are no longer on disk (see the log)", err=True)
+        click.echo(f"  kept {plural(plan.missing_kept, 'indexed file')} that "
+                   f"{'is' if plan.missing_kept == 1 else 'are'} no longer on disk (see the log)", err=True)
     if plan.problems:
-        click.echo(f"  {plan.problems} files or folders could not be read (clipdex status "
-                   f"{plan.run_id} --failures)", err=True)
+        click.echo(f"  {plural(plan.problems, 'file or folder', 'files or folders')} could not be read "
+                   f"(clipdex status {plan.run_id} --failures)", err=True)
 
 
 KEEP_MISSING = click.option(
     "--keep-missing", is_flag=True,
     help="Keep files indexed earlier that are gone from PATH (default: forget them).")
+RETRY_FAILED = click.option(
+    "--retry-failed", is_flag=True,
+    help="Try again the files that failed in an earlier run and have not changed since.")
 
 
 def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
@@ -47,23 +57,32 @@ def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True,
               help="Export format; auto detects it per folder.")
 @KEEP_MISSING
+@RETRY_FAILED
 @click.pass_context
-def index(ctx: click.Context, path, source: str, keep_missing: bool) -> None:
+def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool) -> None:
     """Index PATH in this process (no broker): the same pipeline the workers run."""
-    from clipdex.database import open_database
-    from indexer.in_process import index_folder
+    import time
 
+    from clipdex import status
+    from clipdex.database import open_database
+    from indexer.in_process import index_planned
+    from indexer.producer import plan_run
+
+    started = time.perf_counter()
     settings = _run_settings(ctx, keep_missing)
     database = open_database(settings)
-    result = index_folder(settings, database, path, source=source, out=sys.stderr)
-    plan = result.plan
-    click.echo(f"run {plan.run_id} (root {plan.root}):", err=True)
+    plan = plan_run(settings, database, path, source=source, mode="local", retry_failed=retry_failed)
     _print_plan(plan)
+    result = index_planned(settings, database, plan, out=sys.stderr, started=started)
+    with database.connect() as conn:
+        run = status.get_run(conn, plan.run_id)
     c = result.counts
-    rate = (c.get("images_new", 0) + c.get("images_known", 0)) / result.seconds if result.seconds else 0
-    click.echo(f"indexed {c.get('images_new', 0)} new images, {c.get('images_known', 0)} already known, "
+    rates = ""
+    if run.files_per_second:
+        rates = f"; {run.files_per_second:.1f} files/s, {run.images_per_second:.1f} new images/s"
+    click.echo(f"indexed {plural(c.get('images_new', 0), 'new image')}, {c.get('images_known', 0)} already known, "
                f"{c.get('ignored', 0)} not images, {c.get('failed', 0)} failed "
-               f"in {result.seconds:.1f} s ({rate:.1f} images/s)")
+               f"in {duration(result.seconds)}{rates}")
     if c.get("failed") or plan.problems:
         click.echo(f"see the failures with: clipdex status {plan.run_id} --failures")
 
@@ -79,8 +98,9 @@ def _need_broker(settings: Settings) -> None:
 @click.argument("path", type=FOLDER)
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True)
 @KEEP_MISSING
+@RETRY_FAILED
 @click.pass_context
-def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool) -> None:
+def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool) -> None:
     """Scan PATH and queue its new files for the Celery workers; prints the run id."""
     from clipdex.database import open_database
     from indexer.producer import enqueue, plan_run
@@ -88,10 +108,10 @@ def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool) -> No
     settings = _run_settings(ctx, keep_missing)
     _need_broker(settings)
     database = open_database(settings)
-    plan = plan_run(settings, database, path, source=source, mode="celery")
-    sent = enqueue(settings, database, plan.run_id, plan.batches)
+    plan = plan_run(settings, database, path, source=source, mode="celery", retry_failed=retry_failed)
     _print_plan(plan)
-    click.echo(f"run {plan.run_id}: {plan.files} files in {sent} batches queued "
+    sent = enqueue(settings, database, plan.run_id, plan.batches)
+    click.echo(f"run {plan.run_id}: {plural(plan.files, 'file')} in {plural(sent, 'batch', 'batches')} queued "
                f"(follow it with: clipdex status {plan.run_id})")
 
 
@@ -109,7 +129,7 @@ def resume_cmd(ctx: click.Context, run_id: int) -> None:
         sent = resume(settings, open_database(settings), run_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"run {run_id}: {sent} batches queued again")
+    click.echo(f"run {run_id}: {plural(sent, 'batch', 'batches')} queued again")
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True})

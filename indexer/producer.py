@@ -36,6 +36,7 @@ class SourceCount:
     path: str | None = None   # the shallowest folder of this source, relative to the root
     seen: int = 0
     unchanged: int = 0
+    failed_before: int = 0   # failed in an earlier run and unchanged since: not queued
     skipped: int = 0
     queued: int = 0
     gone: int = 0        # indexed before, no longer on disk: forgotten
@@ -100,8 +101,12 @@ def missing_files(located: list[tuple[bytes, str]], folders: list[ScannedFolder]
 
 
 def plan_run(settings: Settings, database: Database, path: Path, *, source: str = "auto",
-             mode: str = "local") -> RunPlan:
-    """Scans ``path`` and records a run with its batches; returns what was planned."""
+             mode: str = "local", retry_failed: bool = False) -> RunPlan:
+    """Scans ``path`` and records a run with its batches; returns what was planned.
+
+    A file that failed in an earlier run and has not changed since would fail again: it is left
+    out (counted as failed before) unless ``retry_failed``.
+    """
     if source != "auto" and source not in SOURCE_KINDS:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCE_KINDS)} or auto")
     model_key = ModelSpec.from_settings(settings).key()
@@ -110,6 +115,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         registered = known_roots(conn)
         model_id = model_registry.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
+        failed = {} if retry_failed else store.failed_before(conn, placement.root)
         already = model_registry.embedded_images(conn, model_id)
         located = store.located_files(conn, placement.root, placement.relpath)
 
@@ -135,6 +141,8 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         for task in plan.tasks:
             if store.unchanged(indexed.get(task.relpath), task.size, task.mtime_ns, task.inode):
                 count.unchanged += 1
+            elif failed.get(task.relpath) == (task.size, task.mtime_ns):
+                count.failed_before += 1
             else:
                 per_source[folder.source].append(task)
                 count.queued += 1
@@ -167,7 +175,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         if forget and gone:
             store.forget_files(conn, placement.root, [relpath for relpath, _ in gone])
         store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued,
-                                             c.gone) for kind, c in counts.items()])
+                                             c.gone, c.failed_before) for kind, c in counts.items()])
         store.add_batches(conn, run_id, batches)
         store.record_scan_problems(conn, run_id, placement.root, problems)
     return RunPlan(run_id, placement.root, [b[0] for b in batches], files, dict(counts), len(problems),

@@ -61,17 +61,20 @@ def create_run(conn: psycopg.Connection, *, mode: str, root: str, path: bytes, s
 
 
 def record_sources(conn: psycopg.Connection, run_id: int, rows: Iterable[tuple]) -> None:
-    """rows: (source, path, seen, unchanged, skipped, queued, gone), added to what is there."""
+    """rows: (source, path, seen, unchanged, skipped, queued, gone, failed_before), added to what is
+    there."""
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO ingest_sources (run_id, source, path, files_seen, files_unchanged, "
-            "files_skipped, files_queued, files_gone) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "files_skipped, files_queued, files_gone, files_failed_before) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (run_id, source, path) DO UPDATE SET "
             "files_seen = ingest_sources.files_seen + EXCLUDED.files_seen, "
             "files_unchanged = ingest_sources.files_unchanged + EXCLUDED.files_unchanged, "
             "files_skipped = ingest_sources.files_skipped + EXCLUDED.files_skipped, "
             "files_queued = ingest_sources.files_queued + EXCLUDED.files_queued, "
-            "files_gone = ingest_sources.files_gone + EXCLUDED.files_gone",
+            "files_gone = ingest_sources.files_gone + EXCLUDED.files_gone, "
+            "files_failed_before = ingest_sources.files_failed_before + EXCLUDED.files_failed_before",
             [(run_id, *row) for row in rows],
         )
 
@@ -264,6 +267,23 @@ def unchanged(stored: tuple[int, int, int | None] | None, size: int, mtime_ns: i
     with the same size and time (a restored copy, a link) is read again."""
     return (stored is not None and stored[:2] == (size, mtime_ns)
             and (stored[2] is None or not inode or stored[2] == inode))
+
+
+# Failures that come from a file's content: the same bytes fail the same way. A read failure
+# depends on the moment (a file that vanished, a permission since fixed, which leaves the mtime
+# as it was), and a batch failure on everything but the file: those are always tried again.
+CONTENT_STAGES = ("decode", "embed", "write")
+
+
+def failed_before(conn: psycopg.Connection, root: str) -> dict[bytes, tuple[int, int]]:
+    """relpath -> (size, mtime_ns) of files whose latest failure came from their content: they fail
+    again unless they change."""
+    rows = conn.execute(
+        "SELECT relpath_bytes, stage, byte_size, mtime_ns FROM (SELECT DISTINCT ON (sha256(relpath_bytes)) "
+        "relpath_bytes, stage, byte_size, mtime_ns FROM ingest_failures WHERE root = %s "
+        "ORDER BY sha256(relpath_bytes), created_at DESC, id DESC) latest "
+        "WHERE stage = ANY(%s) AND byte_size IS NOT NULL AND mtime_ns IS NOT NULL", (root, list(CONTENT_STAGES)))
+    return {bytes(path): (size, mtime) for path, _stage, size, mtime in rows}
 
 
 def located_files(conn: psycopg.Connection, root: str, folder: bytes) -> list[tuple[bytes, str]]:

@@ -140,3 +140,17 @@ def test_a_database_restart_is_a_503_then_recovers(tiny_model_dir, tmp_path):
         assert statuses[-1] == 200, statuses
     finally:
         embedded_postgres.stop(home)
+
+
+def test_the_server_loads_the_model_when_it_starts(server):
+    """The first search must not wait silently for the model: `clipdex serve` loads it at start, and
+    /healthz says how far it is (the page shows "Loading the model…" meanwhile)."""
+    base, _port = server
+    states = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states.append(get(base + "/healthz", timeout=5)[1]["model"])
+        if states[-1] == "ready":
+            break
+        time.sleep(0.1)
+    assert states[-1] == "ready" and set(states) <= {"loading", "ready"}

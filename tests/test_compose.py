@@ -14,7 +14,8 @@ import yaml
 from clipdex.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-ENV_FOR_COMPOSE = {"POSTGRES_PASSWORD": "pw", "CLIPDEX_ACCESS_TOKEN": "t", "CLIPDEX_LIBRARY": "/srv/photos"}
+ENV_FOR_COMPOSE = {"POSTGRES_PASSWORD": "pw", "CLIPDEX_ACCESS_TOKEN": "t", "CLIPDEX_LIBRARY": "/srv/photos",
+                   "REDIS_PASSWORD": "rpw", "FLOWER_PASSWORD": "fpw"}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_wiring_between_services(compose):
         env = services[name]["environment"]
         settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("CLIPDEX_")})
         assert "@postgres:5432/" in settings.database_url
-        assert settings.broker_url.startswith("redis://redis:6379")
+        assert settings.broker_url.startswith("redis://:${REDIS_PASSWORD:?") and "@redis:6379/" in settings.broker_url
     assert _command(services["migrate"]) == ["clipdex", "db", "upgrade"]
     # The library is mounted read-only where CLIPDEX_ROOTS says it is.
     for name in ("web", "worker"):
@@ -98,3 +99,19 @@ def test_docker_compose_accepts_the_file():
     proc = subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
                           env={**os.environ, **ENV_FOR_COMPOSE}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_secure_by_default(compose):
+    """Nothing that can run or read work is reachable without a password, and the database, broker
+    and Flower listen only where the user says (loopback unless CLIPDEX_BIND names an interface)."""
+    services = compose["services"]
+    redis = _command(services["redis"])
+    assert redis[redis.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    flower = _command(services["flower"])
+    assert any(a.startswith("--basic-auth=") and "${FLOWER_PASSWORD:?" in a for a in flower)
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    for name in ("postgres", "redis", "flower"):
+        for port in services[name]["ports"]:
+            assert port.startswith("${CLIPDEX_BIND:-127.0.0.1}:"), (name, port)
+    web = services["web"]
+    assert web["environment"]["CLIPDEX_ACCESS_TOKEN"].startswith("${CLIPDEX_ACCESS_TOKEN:?")

@@ -48,9 +48,9 @@ def test_per_model_hnsw_index(database_url):
 def test_filter_columns_are_indexed(database_url):
     with psycopg.connect(database_url) as conn:
         defs = " ".join(r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname='public'"))
-    for fragment in ["(taken_at)", "(format)", "(orientation)", "(width)", "(height)", "lower(camera_make)",
-                     "lower(camera_model)", "(latitude, longitude)", "WHERE favorite", "(source, image_id)",
-                     "(album, image_id)", "text_pattern_ops"]:
+    for fragment in ["(taken_at DESC NULLS LAST, id DESC)", "(format)", "(orientation)", "(width)", "(height)",
+                     "lower(camera_make)", "lower(camera_model)", "(latitude, longitude)", "WHERE favorite",
+                     "(source, image_id)", "(album, image_id)", "text_pattern_ops"]:
         assert fragment in defs, fragment
 
 
@@ -209,3 +209,11 @@ def test_the_schema_speaks_the_vocabulary(db, template_url):
                                    "ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
                                    "WHERE d.adrelid = 'images'::regclass AND a.attname = 'orientation'").fetchone()[0]
     assert set(re.findall(r"'([a-z]+)'::text", orientation)) == set(v.ORIENTATIONS)
+
+
+def test_the_quick_head_revision_is_alembic_s():
+    """Every command compares the schema with the newest migration; it reads the files' revision
+    lines instead of importing Alembic, and must agree with Alembic."""
+    from clipdex.database import alembic_head_revision, head_revision
+
+    assert head_revision() == alembic_head_revision()

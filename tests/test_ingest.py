@@ -260,13 +260,51 @@ def test_the_cli_says_what_it_forgot_or_kept(settings, db, tmp_path):
     run_cli("index", str(root), env=env)
     (root / "DCIM/100APPLE/IMG_0003.PNG").unlink()
     kept = run_cli("index", str(root), "--keep-missing", env=env)
-    assert "kept 1 indexed files that are no longer on disk" in kept.stderr and "forgot" not in kept.stderr
+    assert "kept 1 indexed file that is no longer on disk" in kept.stderr and "forgot" not in kept.stderr
     assert "DCIM/100APPLE/IMG_0003.PNG" in located(db.url)
     forgot = run_cli("index", str(root), env=env)
-    assert "iphone: forgot 1 files no longer on disk" in forgot.stderr
+    assert "iphone: forgot 1 file no longer on disk" in forgot.stderr
     assert "DCIM/100APPLE/IMG_0003.PNG" not in located(db.url)
     run_id = forgot.stderr.split("run ", 1)[1].split(" ", 1)[0]
     assert "gone 1" in run_cli("status", run_id, env=env).stdout
+
+
+def test_index_prints_its_plan_first_and_the_rates_status_prints(settings, db, tmp_path):
+    root = tmp_path / "lib"
+    for i in range(12):
+        L.write(root / f"p{i:02}.png", L.png(1900 + i))
+    L.write(root / "notes.txt", "not a photo")
+    env = settings.to_environ()
+    proc = run_cli("index", str(root), env=env)
+    plan_line = proc.stderr.index("folder: 13 files, 12 to index, 0 unchanged, 1 skipped (not photos by name)")
+    assert plan_line < proc.stderr.index("files/s ·")            # the plan, then the progress line
+    summary = proc.stdout.strip().splitlines()[0]
+    assert summary.startswith("indexed 12 new images, 0 already known, 0 not images, 0 failed in ")
+    rates = summary.split("; ", 1)[1]                           # "N files/s, M new images/s"
+    status = run_cli("status", "1", env=env).stdout
+    assert rates in status.splitlines()[0]
+    assert "skipped 1," in status
+
+
+def test_unchanged_failures_are_not_tried_again_unless_asked(settings, db, tmp_path):
+    """A re-run over an unchanged tree does not load the model to fail the same files again."""
+    root = tmp_path / "lib"
+    L.write(root / "good.png", L.png(1950))
+    L.write(root / "broken.jpg", "text, not a picture")
+    env = settings.to_environ()
+    assert index(settings, db, root).counts["failed"] == 1
+    again = run_cli("index", str(root), env=env)
+    assert "1 failed before and unchanged (--retry-failed tries again)" in again.stderr
+    assert again.stdout.startswith("indexed 0 new images, 0 already known, 0 not images, 0 failed")
+    status = run_cli("status", "2", env=env).stdout
+    assert "batches 0/0" in status and "failed before 1" in status        # nothing to do: no model loaded
+    retried = index(settings, db, root)
+    assert retried.plan.files == 0 and retried.images_encoded == 0
+    from indexer.producer import plan_run
+
+    assert plan_run(settings, db, root, retry_failed=True).files == 1     # --retry-failed queues it
+    L.write(root / "broken.jpg", L.jpeg(1951))                   # fixed: it changed, so it is tried
+    assert index(settings, db, root).counts["images_new"] == 1
 
 
 def test_same_photo_in_takeout_and_iphone_is_one_image(settings, db, tmp_path):

@@ -45,6 +45,28 @@ def test_text_search_returns_results_with_everything_a_grid_needs(client):
     assert not {h["id"] for h in following["results"]} & {h["id"] for h in body["results"]}
 
 
+def test_filters_alone_browse_newest_first(client, ids, library):
+    """No words and no example: the photos the filters keep, newest first, paged without repeats."""
+    _settings, db, _root = library
+    with psycopg.connect(db.url) as conn:
+        expected = [r[0] for r in conn.execute(
+            "SELECT DISTINCT i.id, i.taken_at FROM images i JOIN locations l ON l.image_id = i.id "
+            "WHERE l.source = 'qq' ORDER BY i.taken_at DESC NULLS LAST, i.id DESC")]
+        everything = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    seen, body = [], client.get("/api/search?source=qq&limit=3").get_json()
+    while True:
+        assert body["strategy"] == "newest" and all(h["score"] is None for h in body["results"])
+        seen += [h["id"] for h in body["results"]]
+        if not body["next_cursor"]:
+            break
+        body = client.get(f"/api/search?cursor={body['next_cursor']}").get_json()
+    assert seen == expected
+    first = client.get("/api/search?limit=200").get_json()
+    assert len(first["results"]) == everything and first["strategy"] == "newest"
+    taken = [h["taken_at"] for h in first["results"] if h["taken_at"]]
+    assert taken == sorted(taken, reverse=True)
+
+
 def test_filters_and_json_body(client, ids):
     body = client.post("/api/search", json={"like": ids[HEIC], "source": ["iphone"], "format": "heif",
                                             "has_gps": True, "limit": 10}).get_json()
@@ -68,8 +90,9 @@ def test_combined_query_with_weights_and_negative_text(client, ids):
 
 
 @pytest.mark.parametrize("url, status, words", [
-    ("/api/search", 400, "empty query"),
-    ("/api/search?q=", 400, "empty query"),
+    ("/api/search?not=night", 400, "not: give a text or an example image"),
+    ("/api/search?q=car^x", 400, "expected a number after ^"),
+    ("/api/search?q=car&cursor=abc", 400, "give it alone"),
     ("/api/search?q=x&colour=red", 400, "unknown filter 'colour'"),
     ("/api/search?q=x&taken_from=2023-13-45", 400, "expected a date"),
     ("/api/search?q=x&limit=1000", 400, "limit must be between 1 and 200"),
@@ -211,3 +234,35 @@ def test_a_multipart_part_without_a_name_is_ignored(client):
             b"--b\r\nContent-Disposition: form-data; name=\"zz\"\r\n\r\ny\r\n--b--\r\n")
     response = client.post("/api/search?q=car", data=body, content_type="multipart/form-data; boundary=b")
     assert response.status_code == 400 and "unknown filter 'zz'" in response.get_json()["error"]["message"]
+
+
+def test_a_running_run_shows_its_progress(settings, db, tmp_path):
+    """The status page: a progress bar with the rate and the time left while a run goes, the same
+    columns as `clipdex status`, no rows of zeros for sources the run did not see, and the run's
+    failures one link away."""
+    from indexer.batch import process_batch
+    from indexer.producer import plan_run
+    from indexer.runtime import Runtime
+    from indexer import store
+
+    for i in range(30):
+        L.write(tmp_path / "lib" / f"p{i:02}.png", L.png(2000 + i))
+    L.write(tmp_path / "lib" / "bad.jpg", "not a picture")
+    settings = settings.replace(task_files=10)
+    plan = plan_run(settings, db, tmp_path / "lib")
+    with db.transaction() as conn:
+        store.mark_enqueued(conn, plan.run_id)
+    rt = Runtime(settings, db)
+    try:
+        process_batch(rt, plan.run_id, 1)           # one batch of four done: the run is under way
+    finally:
+        rt.close()
+    page = create_app(settings).test_client().get("/status").get_data(as_text=True)
+    assert 'class="badge state-running"' in page and "<progress" in page and "left" in page
+    assert "files/s" in page and "new images/s" in page
+    for column in ("seen", "unchanged", "skipped", "failed before", "queued", "done", "new", "duplicates",
+                   "not images", "failed", "gone"):
+        assert f"<th>{column}</th>" in page
+    assert page.count("<tr><td>") == 1                     # one source seen: one row
+    run = create_app(settings).test_client().get(f"/status/{plan.run_id}")
+    assert run.status_code == 200 and "Failures" in run.get_data(as_text=True)

@@ -7,15 +7,19 @@ database pool and the model are built on first use, in the process that serves r
 from __future__ import annotations
 
 import logging
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from clipdex.config import Settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None) -> "Flask":
+    from flask import Flask   # here, not at import: `clipdex --help` finds `serve` through this package
+
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["CLIPDEX_SETTINGS"] = settings
@@ -33,6 +37,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        return {"ok": True, "model": app.extensions["clipdex"].model_state}
 
     return app

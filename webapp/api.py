@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, request, send_from_directory
 
 from clipdex import status
 from webapp import catalog
-from clipdex.search import NotFound, check_image_id
+from clipdex.search import check_image_id
 from webapp.present import detail_json, hit_json, page_json
 from webapp.query import search_request
 from webapp.runtime import runtime
@@ -18,9 +18,14 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 @bp.route("/search", methods=["GET", "POST"])
 def search_api():
     rt = runtime()
-    search = search_request(request, rt.settings.upload_max_bytes)
+    search = search_request(request, rt.settings.upload_max_bytes, rt.uploads)
     with rt.connection() as conn:
-        return page_json(rt.search.search(conn, search))
+        body = page_json(rt.search.search(conn, search.request))
+        # Each image uploaded now: the key that names it in a later request, and its id when those
+        # very bytes are indexed (an address that says like=<id> lasts longer than an upload).
+        body["uploads"] = [{"key": key, "image_id": catalog.image_id_of(conn, data)}
+                           for key, data in search.new_uploads]
+    return body
 
 
 @bp.get("/images/<int:image_id>")
@@ -57,10 +62,7 @@ def status_api():
 @bp.get("/status/<int:run_id>")
 def run_api(run_id: int):
     with runtime().connection() as conn:
-        run = status.get_run(conn, run_id) if run_id <= 2**63 - 1 else None
-    if run is None:
-        raise NotFound(f"there is no run {run_id}")
-    return run.to_dict()
+        return catalog.run_status(conn, run_id).to_dict()
 
 
 @bp.get("/status/<int:run_id>/failures")

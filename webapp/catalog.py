@@ -39,6 +39,22 @@ def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
     return detail
 
 
+def run_status(conn: psycopg.Connection, run_id: int):
+    """An ingest run's figures, or NotFound (also for ids past bigint, which name no run)."""
+    from clipdex import status
+
+    run = status.get_run(conn, run_id) if run_id <= 2**63 - 1 else None
+    if run is None:
+        raise NotFound(f"there is no run {run_id}")
+    return run
+
+
+def image_id_of(conn: psycopg.Connection, data: bytes) -> int | None:
+    """The indexed image with exactly these bytes, if any."""
+    row = conn.execute("SELECT id FROM images WHERE sha256 = %s", (hashlib.sha256(data).digest(),)).fetchone()
+    return row[0] if row else None
+
+
 def thumbnail(conn: psycopg.Connection, image_id: int) -> bytes:
     row = conn.execute("SELECT webp FROM thumbnails WHERE image_id = %s", (image_id,)).fetchone()
     if row is None:

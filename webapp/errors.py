@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from clipdex.database import DatabaseError
 from clipdex.model import ModelUnavailable
 from clipdex.search import Conflict, NotFound, QueryError
+from webapp.query import UploadGone
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,14 @@ def wants_json() -> bool:
     return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
 
 
-def error_response(status: int, message: str):
+def error_response(status: int, message: str, field: str | None = None):
+    """The error as JSON for the API and scripts ({"error": {status, message, field?}}), as a page
+    for a browser. ``field`` names the request parameter at fault, so a form can point at it."""
     if wants_json():
-        return {"error": {"status": status, "message": message}}, status
+        error = {"status": status, "message": message}
+        if field:
+            error["field"] = field
+        return {"error": error}, status
     return render_template("error.html", status=status, message=message), status
 
 
@@ -46,7 +52,7 @@ def _too_large_message(app: Flask) -> str:
 def install(app: Flask) -> None:
     @app.errorhandler(QueryError)
     def bad_query(exc):
-        return error_response(400, str(exc))
+        return error_response(400, str(exc), field=exc.field)
 
     @app.errorhandler(NotFound)
     def not_found(exc):
@@ -55,6 +61,10 @@ def install(app: Flask) -> None:
     @app.errorhandler(Conflict)
     def conflict(exc):
         return error_response(409, str(exc))
+
+    @app.errorhandler(UploadGone)
+    def gone(exc):
+        return error_response(410, str(exc), field="upload")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -8,10 +8,11 @@ import io
 from flask import Blueprint, Response, redirect, render_template, request, send_file
 
 from clipdex import status
-from webapp import catalog
-from clipdex.search import check_image_id
+from clipdex.search import NotFound, check_image_id
 from clipdex.vocabulary import IMAGE_FORMATS, MIME_TYPES, SOURCE_KINDS
-from webapp.present import detail_json
+from webapp import catalog
+from webapp.present import detail_json, detail_view
+from webapp.query import UploadGone
 from webapp.runtime import runtime
 
 bp = Blueprint("pages", __name__)
@@ -32,16 +33,47 @@ def detail_page(image_id: int):
     rt = runtime()
     with rt.connection() as conn:
         detail = detail_json(catalog.image_detail(conn, image_id))
-        hits = [h for h in rt.search.similar(conn, image_id).hits if h.id != image_id]
-    return render_template("detail.html", image=detail, similar=hits)
+        similar = rt.search.similar(conn, image_id).hits
+    return render_template("detail.html", image=detail, view=detail_view(detail), similar=similar)
 
 
 @bp.get("/status")
 def status_page():
     with runtime().connection() as conn:
         runs = status.list_runs(conn, limit=20)
-        failures = status.failures(conn, runs[0].id, limit=50) if runs else []
-    return render_template("status.html", runs=runs, failures=failures)
+    return render_template("status.html", runs=runs, duration=status.duration, plural=status.plural)
+
+
+@bp.get("/status/<int:run_id>")
+def run_page(run_id: int):
+    with runtime().connection() as conn:
+        run = catalog.run_status(conn, run_id)
+        failures = status.failures(conn, run_id, limit=1000)
+    return render_template("run.html", run=run, failures=failures, duration=status.duration,
+                           plural=status.plural)
+
+
+@bp.get("/uploads/<key>.jpg")
+def upload_thumbnail(key: str):
+    """A small JPEG of an example image kept for searches (the page's chip after a reload)."""
+    from PIL import Image
+
+    from clipdex.imaging import DecodeFailure, NotAnImage, decode
+
+    rt = runtime()
+    data = rt.uploads.get(key)
+    if data is None:
+        raise UploadGone("the example image is no longer kept on the server: drop it again")
+    try:
+        image = decode(data, min_side=96, max_pixels=rt.settings.max_pixels, budget=rt.decode_budget).image
+    except (NotAnImage, DecodeFailure):
+        raise NotFound("that upload is not an image") from None
+    image.thumbnail((96, 96), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    response = Response(out.getvalue(), mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, max-age=600"
+    return response
 
 
 @bp.get("/thumbnails/<int:image_id>.webp")

@@ -1,14 +1,31 @@
 """HTTP flattened into the search core's plain parameters: a query string, a form (with uploaded
-images) or a JSON object all become one :class:`SearchRequest`. Validation is the core's."""
+images) or a JSON object all become one :class:`SearchRequest`. Validation is the core's.
+
+Uploaded example images are also kept for a while (webapp/uploads.py) under a key that a later
+request can give instead of the file (``upload=<key>``): the page puts it in its address.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Request
 
 from clipdex.search import QueryError, SearchRequest
+from webapp.uploads import KEY_LENGTH, UploadStore
+
+
+class UploadGone(LookupError):
+    """An upload key the server no longer keeps (HTTP 410)."""
+
+
+@dataclass
+class WebSearch:
+    request: SearchRequest
+    new_uploads: list[tuple[str, bytes]] = field(default_factory=list)   # (key, bytes) uploaded now
 
 
 def _json_body(request: Request) -> Any:
@@ -50,5 +67,16 @@ def _uploads(request: Request, max_upload_bytes: int) -> list[bytes]:
     return uploads
 
 
-def search_request(request: Request, max_upload_bytes: int) -> SearchRequest:
-    return SearchRequest.parse(_params(request), _uploads(request, max_upload_bytes))
+def search_request(request: Request, max_upload_bytes: int, store: UploadStore) -> WebSearch:
+    params = _params(request)
+    kept = []
+    for key in params.pop("upload", []):
+        if not re.fullmatch(rf"[0-9a-f]{{{KEY_LENGTH}}}", key):
+            raise QueryError(f"upload: not a key this server handed out: {key[:40]!r}")
+        data = store.get(key)
+        if data is None:
+            raise UploadGone("the example image is no longer kept on the server (uploads are kept for an hour, "
+                             "in memory): drop it again")
+        kept.append(data)
+    new = [(store.put(data), data) for data in _uploads(request, max_upload_bytes)]
+    return WebSearch(SearchRequest.parse(params, kept + [data for _, data in new]), new)

@@ -14,7 +14,9 @@ from flask import current_app
 from clipdex.config import Settings
 from clipdex.database import Database, DatabaseError, open_database
 from clipdex.imaging import DecodeBudget
+from clipdex.model import LazyModel
 from clipdex.search import SearchService
+from webapp.uploads import UploadStore
 
 
 # How long a request waits for a database connection: after a restart or a network cut the
@@ -30,6 +32,9 @@ class AppRuntime:
         self._lock = threading.Lock()
         # Uploaded query images and previews share one budget of decoded pixels per process.
         self.decode_budget = DecodeBudget(settings.decode_memory)
+        self.uploads = UploadStore(max_bytes=max(64 << 20, 2 * settings.upload_max_bytes))
+        self.model = LazyModel(settings)   # torch is imported when a search first needs it
+        self._model_state = "not loaded"
 
     @property
     def database(self) -> Database:
@@ -61,10 +66,30 @@ class AppRuntime:
                 raise DatabaseError("The database is not answering right now; try again in a moment.") from None
             yield conn
 
+    def preload_model(self) -> None:
+        """Loads the model in the background (`clipdex serve` calls it at start), so the first search
+        does not wait for it silently; /healthz tells the page how it goes."""
+        def load() -> None:
+            try:
+                self.model.load()
+                self._model_state = "ready"
+            except Exception as exc:   # the first search will say why, as any search would
+                self._model_state = f"failed: {exc}"
+
+        self._model_state = "loading"
+        threading.Thread(target=load, name="clipdex-model-preload", daemon=True).start()
+
+    @property
+    def model_state(self) -> str:
+        """'ready', 'loading', 'failed: …', or 'not loaded' (loaded by the first search that needs it)."""
+        if self._model_state in ("not loaded", "loading") and self.model.loaded:
+            return "ready"
+        return self._model_state
+
     @cached_property
     def search(self) -> SearchService:
         """The search service every page and API endpoint calls (one model per process)."""
-        return SearchService(self.settings, self.database, decode_budget=self.decode_budget)
+        return SearchService(self.settings, self.database, model=self.model, decode_budget=self.decode_budget)
 
 
 def runtime() -> AppRuntime:

@@ -87,6 +87,7 @@ def make_server(settings: Settings, threads: int = 8):
 
     check_exposure(settings)
     app = create_app(settings)
+    app.extensions["clipdex"].preload_model()
     body_cap = app.config["MAX_CONTENT_LENGTH"]
     dispatchers: dict = {}
     server = create_server(

@@ -1,4 +1,11 @@
-"""The cursor codec: everything the next page of a search needs, in the link itself."""
+"""The cursor codec: everything the next page of a search needs, in the link itself, with no
+server state (so a read-only database role can page too).
+
+Two kinds, told apart by their contents: a search's cursor carries its query vector (as float16,
+exactly as the database compares it) and the last row's (distance, id); a browse's cursor (no
+query: newest first) carries the last row's (capture time, id). Both carry the filters and the
+page size.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +14,49 @@ import binascii
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from clipdex.search.errors import QueryError
-from clipdex.search.request import MAX_ID
+from clipdex.search.request import MAX_ID, MAX_PAGE
+
+NOT_OURS = "cursor: not a cursor this server handed out"
+
+
+def _pack(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _unpack(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        raise QueryError(NOT_OURS) from None
+    if not isinstance(data, dict):
+        raise QueryError(NOT_OURS)
+    return data
+
+
+def _filters_and_limit(data: dict[str, Any]) -> tuple[dict[str, list[str]], int]:
+    filters = {str(k): [str(x) for x in v] for k, v in data["f"].items()}
+    limit = int(data["k"])
+    if not 1 <= limit <= MAX_PAGE:
+        raise QueryError(NOT_OURS)
+    return filters, limit
+
+
+def _image_id(value: Any) -> int:
+    image_id = int(value)
+    if not 1 <= image_id <= MAX_ID:
+        raise QueryError(NOT_OURS)
+    return image_id
 
 
 @dataclass(frozen=True)
 class Cursor:
-    """Everything the next page needs, in the link itself: the query vector (as float16, exactly
-    as the database compares it), the filters, the page size and the last row of this page. No
-    server state, so a read-only database role can page too."""
+    """The next page of a search by a query vector."""
 
     vector: np.ndarray
     filters: dict[str, list[str]]
@@ -28,25 +66,60 @@ class Cursor:
 
     def encode(self) -> str:
         vector = base64.urlsafe_b64encode(self.vector.astype("<f2").tobytes()).decode()
-        payload = json.dumps({"v": vector, "f": self.filters, "k": self.limit, "d": self.distance,
-                              "i": self.image_id}, separators=(",", ":"))
-        return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+        return _pack({"v": vector, "f": self.filters, "k": self.limit, "d": self.distance, "i": self.image_id})
 
     @classmethod
     def decode(cls, text: str, dim: int) -> "Cursor":
+        cursor = decode_cursor(text, dim)
+        if not isinstance(cursor, cls):
+            raise QueryError(NOT_OURS)
+        return cursor
+
+    @classmethod
+    def _from(cls, data: dict[str, Any], dim: int) -> "Cursor":
         try:
-            data = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
             vector = np.frombuffer(base64.urlsafe_b64decode(data["v"]), dtype="<f2").astype(np.float32)
-            cursor = cls(vector, {str(k): [str(x) for x in v] for k, v in data["f"].items()},
-                         int(data["k"]), float(data["d"]), int(data["i"]))
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError):
-            raise QueryError("cursor: not a cursor this server handed out") from None
+            filters, limit = _filters_and_limit(data)
+            cursor = cls(vector, filters, limit, float(data["d"]), _image_id(data["i"]))
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, OverflowError):
+            raise QueryError(NOT_OURS) from None
         if len(cursor.vector) != dim or not np.all(np.isfinite(cursor.vector)):
             raise QueryError("cursor: not a cursor for this model; run the search again")
         # A query vector is a unit vector (float16 keeps its norm within a few thousandths); a
         # zero or scaled vector would rank by nothing and score NaN.
         if abs(float(np.linalg.norm(cursor.vector)) - 1.0) > 0.01:
-            raise QueryError("cursor: not a cursor this server handed out")
-        if not (math.isfinite(cursor.distance) and -0.01 <= cursor.distance <= 2.01 and 1 <= cursor.image_id <= MAX_ID):
-            raise QueryError("cursor: not a cursor this server handed out")
+            raise QueryError(NOT_OURS)
+        if not (math.isfinite(cursor.distance) and -0.01 <= cursor.distance <= 2.01):
+            raise QueryError(NOT_OURS)
         return cursor
+
+
+@dataclass(frozen=True)
+class DateCursor:
+    """The next page of a browse, newest first: the last row's capture time (None for photos of
+    unknown time, which come last) and id."""
+
+    filters: dict[str, list[str]]
+    limit: int
+    taken_at: datetime | None
+    image_id: int
+
+    def encode(self) -> str:
+        return _pack({"n": self.taken_at.isoformat() if self.taken_at else None, "f": self.filters,
+                      "k": self.limit, "i": self.image_id})
+
+    @classmethod
+    def _from(cls, data: dict[str, Any]) -> "DateCursor":
+        try:
+            filters, limit = _filters_and_limit(data)
+            taken_at = datetime.fromisoformat(data["n"]) if data["n"] is not None else None
+            if taken_at is not None and taken_at.tzinfo is None:
+                raise ValueError("naive")
+            return cls(filters, limit, taken_at, _image_id(data["i"]))
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            raise QueryError(NOT_OURS) from None
+
+
+def decode_cursor(text: str, dim: int) -> Cursor | DateCursor:
+    data = _unpack(text)
+    return DateCursor._from(data) if "n" in data and "v" not in data else Cursor._from(data, dim)

@@ -81,16 +81,18 @@ class Filters:
     bbox: tuple[float, float, float, float] | None = None   # south, west, north, east
     favorite: bool | None = None
     path: str | None = None              # "root/relative/prefix"
+    exclude: tuple[int, ...] = ()        # image ids to leave out (the photo itself, for "more like this")
 
     NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
-             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path")
+             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude")
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]]) -> "Filters":
         """From request parameters (each a list of strings); unknown names are an error."""
         unknown = sorted(str(name) for name in set(params) - set(cls.NAMES))
         if unknown:
-            raise QueryError(f"unknown filter {printable(unknown[0])!r}; filters are: {', '.join(cls.NAMES)}")
+            raise QueryError(f"unknown filter {printable(unknown[0])!r}; filters are: {', '.join(cls.NAMES)}",
+                             field=unknown[0])
         for name, items in params.items():
             for item in items:
                 check_text(name, str(item))
@@ -107,7 +109,7 @@ class Filters:
         if (v := one("taken_to")) is not None:
             values["taken_to"] = _parse_when("taken_to", v, end=True)
         if values.get("taken_from") and values.get("taken_to") and values["taken_from"] >= values["taken_to"]:
-            raise QueryError("taken_from must be before taken_to")
+            raise QueryError("taken_from must be before taken_to", field="taken_from")
         sources = _split_values(params.get("source", []))
         for s in sources:
             if s not in SOURCE_KINDS:
@@ -144,6 +146,12 @@ class Filters:
             values["bbox"] = (south, west, north, east)
         if (v := one("path")) is not None:
             values["path"] = v.strip().strip("/")
+        excluded = []
+        for text in _split_values(params.get("exclude", [])):
+            if not re.fullmatch(r"[0-9]{1,19}", text) or not 1 <= int(text) <= 2**63 - 1:
+                raise QueryError(f"exclude: expected image ids, got {text!r}")
+            excluded.append(int(text))
+        values["exclude"] = tuple(dict.fromkeys(excluded))
         return cls(**values)
 
     def to_params(self) -> dict[str, list[str]]:
@@ -154,7 +162,7 @@ class Filters:
             if value is None or value == ():
                 continue
             if isinstance(value, tuple) and f.name != "bbox":
-                out[f.name] = list(value)
+                out[f.name] = [str(v) for v in value]
             elif f.name == "bbox":
                 out[f.name] = [",".join(repr(x) for x in value)]
             elif isinstance(value, datetime):
@@ -200,6 +208,9 @@ class Filters:
                 params += [west, east]
         if self.favorite is not None:
             clauses.append("i.favorite" if self.favorite else "NOT i.favorite")
+        if self.exclude:
+            clauses.append("i.id <> ALL(%s)")
+            params.append(list(self.exclude))
         location: list[str] = []
         for value, clause in ((list(self.source), "l.source = ANY(%s)"), (list(self.album), "l.album = ANY(%s)")):
             if value:

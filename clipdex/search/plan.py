@@ -1,9 +1,11 @@
 """Which rows answer a search, in order: the plan (exact sort over the filtered rows, or the
-model's HNSW index with pgvector's iterative scan) and its SQL."""
+model's HNSW index with pgvector's iterative scan) and its SQL; and a browse (no query), newest
+first through the (taken_at DESC NULLS LAST, id DESC) index."""
 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import numpy as np
 import psycopg
@@ -88,3 +90,24 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
             conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
     return [tuple(r) for r in conn.execute(sql, [query, *params, *keyset_params, limit])]
+
+
+def newest_ids(conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
+               after: tuple[datetime | None, int] | None) -> list[tuple[int, datetime | None]]:
+    """(id, taken_at) of the next ``limit`` images the filters keep, newest first; photos of unknown
+    time come last; equal times by descending id, so pages never repeat or skip a photo."""
+    where, params = filters.sql()
+    keyset, keyset_params = "", []
+    if after is not None:
+        taken_at, image_id = after
+        if taken_at is None:
+            keyset, keyset_params = " AND i.taken_at IS NULL AND i.id < %s", [image_id]
+        else:
+            keyset = " AND (i.taken_at < %s OR (i.taken_at = %s AND i.id < %s) OR i.taken_at IS NULL)"
+            keyset_params = [taken_at, taken_at, image_id]
+    with conn.transaction():
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return [tuple(r) for r in conn.execute(
+            f"SELECT i.id, i.taken_at FROM images i WHERE {where}{keyset} AND EXISTS (SELECT 1 FROM embeddings e "
+            f"WHERE e.image_id = i.id AND e.model_id = {int(model_id)}) "
+            "ORDER BY i.taken_at DESC NULLS LAST, i.id DESC LIMIT %s", [*params, *keyset_params, limit])]

@@ -72,9 +72,9 @@ def upload_vectors(model, uploads: Sequence[bytes], max_pixels: int, budget=None
         try:
             images.append(decode(data, min_side=max(model.image_size), max_pixels=max_pixels, budget=budget).image)
         except NotAnImage as exc:
-            raise QueryError(f"the uploaded file is not an image (it looks like {exc})") from None
+            raise QueryError(f"the uploaded file is not an image (it looks like {exc})", field="image") from None
         except DecodeFailure as exc:
-            raise QueryError(f"cannot use the uploaded image: {exc}") from None
+            raise QueryError(f"cannot use the uploaded image: {exc}", field="image") from None
     return model.encode_images(images)
 
 

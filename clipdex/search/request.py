@@ -7,8 +7,9 @@ Parameters (each a list of strings):
   not=<text>      a text to steer away from (repeatable)
   like=<id>       an indexed image to look like (repeatable, `123^0.5` for a weight)
   limit=<n>       page size, 1..200 (default 40)
-  cursor=<c>      the next page of an earlier search (all other parameters are then ignored)
+  cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
+Nothing to look for (no q, like or image) is a browse: the photos the filters keep, newest first.
 """
 
 from __future__ import annotations
@@ -28,18 +29,23 @@ MAX_TEXT_LENGTH = 1000    # characters of one query text
 MAX_ID = 2**63 - 1
 IGNORED_PARAMETERS = ("token",)   # an old way to pass the access token; never a filter
 
-_WEIGHT = re.compile(r"^(.*?)\^(-?\d+(?:\.\d+)?)$", re.S)
+_WEIGHT = re.compile(r"^(.*)\^([^\s^]*)$", re.S)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def split_weight(term: str, default: float = 1.0) -> tuple[str, float]:
-    """'red car^1.5' -> ('red car', 1.5); a trailing ^number is a weight (Lucene's boost syntax)."""
+def split_weight(term: str, default: float = 1.0, field: str = "q") -> tuple[str, float]:
+    """'red car^1.5' -> ('red car', 1.5); a trailing ^number is a weight (Lucene's boost syntax).
+    A trailing ^ followed by anything else is a mistake to point out, not part of the text."""
     match = _WEIGHT.match(term.strip())
     if not match:
         return term.strip(), default
-    weight = float(match.group(2))
+    text, written = match.group(1).strip(), match.group(2)
+    if not _NUMBER.fullmatch(written):
+        raise QueryError(f"weight of {text!r}: expected a number after ^, got {written!r}", field=field)
+    weight = float(written)
     if not math.isfinite(weight) or not 0 < abs(weight) <= 100:
-        raise QueryError(f"weight of {match.group(1)!r} must be between -100 and 100, not 0")
-    return match.group(1).strip(), weight
+        raise QueryError(f"weight of {text!r} must be between -100 and 100, not 0", field=field)
+    return text, weight
 
 
 def check_image_id(image_id: int) -> int:
@@ -54,7 +60,7 @@ def parse_like_term(term: str) -> tuple[int, float]:
     Only ASCII digits count: str.isdigit() also accepts '¹', which int() refuses. A number past
     bigint is a well-formed id of no image (404, as for /api/images/<id>), and never reaches int().
     """
-    value, weight = split_weight(term)
+    value, weight = split_weight(term, field="like")
     if not re.fullmatch(r"[0-9]+", value):
         raise QueryError(f"like: expected an image id (a whole number), got {value!r}")
     if len(value) > len(str(MAX_ID)):
@@ -68,7 +74,7 @@ def parse_limit(text: str) -> int:
     except ValueError:
         raise QueryError(f"limit: expected a whole number, got {text!r}") from None
     if not 1 <= limit <= MAX_PAGE:
-        raise QueryError(f"limit must be between 1 and {MAX_PAGE}")
+        raise QueryError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
     return limit
 
 
@@ -82,13 +88,14 @@ class QuerySpec:
     uploads: list[tuple[bytes, float]] = field(default_factory=list)
 
     @property
-    def empty(self) -> bool:
-        return not (self.texts or self.image_ids or self.uploads)
+    def browse(self) -> bool:
+        """Nothing to look for: the filters alone choose the photos (newest first)."""
+        return not (self.texts or self.negative_texts or self.image_ids or self.uploads)
 
     def check(self) -> "QuerySpec":
         """QueryError unless this is something a search can take."""
-        if self.empty:
-            raise QueryError("empty query: give a text, an image, or both")
+        if self.negative_texts and not (self.texts or self.image_ids or self.uploads):
+            raise QueryError("not: give a text or an example image to steer away from", field="not")
         parts = len(self.texts) + len(self.negative_texts) + len(self.image_ids) + len(self.uploads)
         if parts > MAX_TERMS:
             raise QueryError(f"at most {MAX_TERMS} texts and images in one search")
@@ -127,6 +134,9 @@ class SearchRequest:
             uploads=[(data, 1.0) for data in uploads if data])
         limit = parse_limit(next(iter(params.pop("limit", [])), str(DEFAULT_PAGE)))
         filters = Filters.parse(params)
+        if cursor is not None and (not spec.browse or filters.active):
+            raise QueryError("cursor: a cursor continues an earlier search as it was; give it alone, or "
+                             "start a new search without it", field="cursor")
         request = cls(spec, filters, limit, cursor)
         if cursor is None:
             spec.check()

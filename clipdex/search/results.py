@@ -14,8 +14,8 @@ import psycopg
 @dataclass
 class Hit:
     id: int
-    score: float        # cosine similarity, 1 = identical direction
-    distance: float     # cosine distance used for ordering
+    score: float | None       # cosine similarity, 1 = identical direction (None when browsing)
+    distance: float | None    # cosine distance used for ordering
     taken_at: datetime | None
     width: int
     height: int
@@ -30,7 +30,7 @@ class Hit:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("score", "distance"):   # JSON has no NaN; a degenerate vector must not break it
-            data[key] = data[key] if math.isfinite(data[key]) else None
+            data[key] = data[key] if data[key] is not None and math.isfinite(data[key]) else None
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at else None
         return data
 
@@ -39,16 +39,17 @@ class Hit:
 class Page:
     hits: list[Hit]
     next_cursor: str | None
-    strategy: str         # "exact" or "hnsw"
+    strategy: str         # "exact" or "hnsw" (a search), "newest" (a browse)
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [h.to_dict() for h in self.hits], "next_cursor": self.next_cursor,
                 "strategy": self.strategy}
 
 
-def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float]]) -> list[Hit]:
-    """The hits for ranked (id, distance) rows, in that order, from the `photos` view."""
+def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) -> list[Hit]:
+    """The hits for ranked (id, distance) rows, in that order, from the `photos` view (a browse
+    has no distance)."""
     details = {r[0]: r for r in conn.execute(
         "SELECT p.id, p.taken_at, p.width, p.height, p.format, p.source, p.sources, p.album, p.root, p.path, "
         "p.favorite FROM photos p WHERE p.id = ANY(%s)", ([i for i, _ in rows],))}
-    return [Hit(i, 1.0 - d, d, *details[i][1:]) for i, d in rows if i in details]
+    return [Hit(i, None if d is None else 1.0 - d, d, *details[i][1:]) for i, d in rows if i in details]

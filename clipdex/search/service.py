@@ -3,12 +3,14 @@ tests. A search is a query vector plus filters, answered by plain SQL::
 
     WHERE <filters> ORDER BY embedding <=> q LIMIT k
 
-Pages are keyset-paginated on (distance, id) against the query vector carried in the cursor, so
-"next page" neither skips nor repeats a result and needs no server state.
+Filters alone are a browse: the photos they keep, newest first. Pages are keyset-paginated on
+(distance, id), or (taken_at, id) for a browse, from what the cursor carries, so "next page"
+neither skips nor repeats a result and needs no server state.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cached_property
 
 import numpy as np
@@ -16,12 +18,11 @@ import psycopg
 
 from clipdex.config import Settings
 from clipdex.database import Database
-from clipdex.search.cursors import Cursor
-from clipdex.search.errors import QueryError
+from clipdex.search.cursors import Cursor, DateCursor, decode_cursor
 from clipdex.search.filters import Filters, check_text
-from clipdex.search.plan import ranked_ids
+from clipdex.search.plan import newest_ids, ranked_ids
 from clipdex.search.query_vector import combine, image_vectors, model_row, text_vectors, upload_vectors
-from clipdex.search.request import MAX_PAGE, QuerySpec, SearchRequest
+from clipdex.search.request import QuerySpec, SearchRequest
 from clipdex.search.results import Page, load_hits
 
 UPLOAD_MAX_PIXELS = 100_000_000   # an example image for a query needs no more
@@ -53,20 +54,29 @@ class SearchService:
         return ModelSpec.from_settings(self.settings).key()
 
     def search(self, conn: psycopg.Connection, request: SearchRequest) -> Page:
-        """One page of results: a new search, or the page after a cursor."""
+        """One page of results: a search (best match first), a browse (no query: newest first), or
+        the page after a cursor of either."""
         model_id, dim = model_row(conn, self.model_key)
-        after = None
         if request.cursor:
-            state = Cursor.decode(request.cursor, dim)
-            filters = Filters.parse(state.filters)
-            limit = state.limit
-            if not 1 <= limit <= MAX_PAGE:
-                raise QueryError("cursor: not a cursor this server handed out")
-            query = state.vector
-            after = (state.distance, state.image_id)
-        else:
-            filters, limit = request.filters, request.limit
-            query = self._query_vector(conn, model_id, dim, request.spec.check())
+            cursor = decode_cursor(request.cursor, dim)
+            filters = Filters.parse(cursor.filters)
+            if isinstance(cursor, DateCursor):
+                return self._browse(conn, model_id, filters, cursor.limit, (cursor.taken_at, cursor.image_id))
+            return self._rank(conn, model_id, dim, cursor.vector, filters, cursor.limit,
+                              (cursor.distance, cursor.image_id))
+        spec = request.spec.check()
+        if spec.browse:
+            return self._browse(conn, model_id, request.filters, request.limit, None)
+        query = self._query_vector(conn, model_id, dim, spec)
+        return self._rank(conn, model_id, dim, query, request.filters, request.limit, None)
+
+    def similar(self, conn: psycopg.Connection, image_id: int, limit: int = SIMILAR_PAGE) -> Page:
+        """More like an indexed image: the nearest other photos (as psql's similar_to)."""
+        return self.search(conn, SearchRequest(QuerySpec(image_ids=[(image_id, 1.0)]),
+                                               Filters(exclude=(image_id,)), limit=limit))
+
+    def _rank(self, conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
+              limit: int, after: tuple[float, int] | None) -> Page:
         rows, strategy, _filtered = ranked_ids(conn, model_id, dim, query, filters, limit + 1, after,
                                                iterative=self.database.info.iterative_scan,
                                                ef_search=self.settings.ef_search)
@@ -77,9 +87,15 @@ class SearchService:
             next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
         return Page(load_hits(conn, rows), next_cursor, strategy)
 
-    def similar(self, conn: psycopg.Connection, image_id: int, limit: int = SIMILAR_PAGE) -> Page:
-        """More like an indexed image (the image itself comes first)."""
-        return self.search(conn, SearchRequest(QuerySpec(image_ids=[(image_id, 1.0)]), limit=limit))
+    def _browse(self, conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
+                after: tuple[datetime | None, int] | None) -> Page:
+        rows = newest_ids(conn, model_id, filters, limit + 1, after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more and rows:
+            next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
+        return Page(load_hits(conn, [(image_id, None) for image_id, _ in rows]), next_cursor, "newest")
 
     def cache_texts(self, conn: psycopg.Connection, texts: list[str]) -> None:
         """Embeds texts into the text cache, so psql can search by them (`clipdex embed-text`)."""

@@ -1,5 +1,7 @@
-// The search page: builds a request from the form, example images and "more like this" picks,
-// renders the grid, and loads the next page when the end of the grid scrolls into view.
+// The search page. Its address is its state: the words, the filters and the example images
+// (indexed photos by id, uploads by the key the server keeps them under), so a reload or a shared
+// link shows the same photos. The grid is one tab stop; arrow keys move through it, Enter opens a
+// photo, M finds more like it. Back from a photo finds the grid as it was left.
 "use strict";
 
 const form = document.getElementById("search");
@@ -9,9 +11,20 @@ const more = document.getElementById("more");
 const chips = document.getElementById("chips");
 const drop = document.getElementById("drop");
 const fileInput = document.getElementById("image");
+const filtersPanel = document.getElementById("filters");
 
-const examples = { files: [], likes: [] };   // uploaded images and indexed image ids
+const DEFAULT_LIMIT = 40;
+const CACHE_KEY = "clipdex:grid";      // the grid as last shown, to come back to
+const IDS_KEY = "clipdex:ids";         // the ids in view, for previous/next on a photo's page
+const FOCUS_KEY = "clipdex:focus";     // the photo to come back to
+const NOT_FILTERS = new Set(["q", "not", "like", "upload", "limit"]);
+const FIELD_NAMES = { q: "Search text", not: "But not", like: "Example image", upload: "Example image",
+                      image: "Example image", cursor: "Next page", limit: "Page size" };
+
+const examples = { likes: [], uploads: [], files: [] };   // indexed ids, kept uploads, new files
+let limit = DEFAULT_LIMIT;
 let nextCursor = null;
+let order = "";
 let loading = false;
 
 function say(text, isError = false) {
@@ -19,10 +32,13 @@ function say(text, isError = false) {
   message.classList.toggle("error", isError);
 }
 
+// --- example images -----------------------------------------------------------------------------
+
 function renderChips() {
   chips.replaceChildren();
-  examples.files.forEach((file, i) => chips.append(chip(URL.createObjectURL(file), file.name, () => examples.files.splice(i, 1))));
   examples.likes.forEach((id, i) => chips.append(chip(`/thumbnails/${id}.webp`, `photo ${id}`, () => examples.likes.splice(i, 1))));
+  examples.uploads.forEach((key, i) => chips.append(chip(`/uploads/${key}.jpg`, "uploaded image", () => examples.uploads.splice(i, 1))));
+  examples.files.forEach((file, i) => chips.append(chip(URL.createObjectURL(file), file.name, () => examples.files.splice(i, 1))));
 }
 
 function chip(src, label, remove) {
@@ -30,149 +46,348 @@ function chip(src, label, remove) {
   el.className = "chip";
   const img = document.createElement("img");
   img.src = src;
-  img.alt = label;
+  img.alt = "";
   const button = document.createElement("button");
   button.type = "button";
   button.textContent = "×";
   button.title = `Remove ${label}`;
-  button.addEventListener("click", () => { remove(); renderChips(); });
+  button.setAttribute("aria-label", `Remove ${label}`);
+  button.addEventListener("click", () => { remove(); renderChips(); runSearch(); });
   el.append(img, document.createTextNode(label), button);
   return el;
 }
 
 function addFiles(files) {
-  for (const file of files) {
-    if (file.type.startsWith("image/")) examples.files.push(file);
-  }
+  const images = [...files].filter((file) => file && file.type.startsWith("image/"));
+  if (!images.length) return;
+  examples.files.push(...images);
   renderChips();
-  if (examples.files.length) runSearch();
+  runSearch();
 }
 
-function formParams() {
+// --- the request and the address ----------------------------------------------------------------
+
+function currentParams() {
   const params = new URLSearchParams();
   for (const [key, value] of new FormData(form).entries()) {
     if (key === "image" || value === "") continue;
     params.append(key, value);
   }
   examples.likes.forEach((id) => params.append("like", id));
+  examples.uploads.forEach((key) => params.append("upload", key));
+  if (limit !== DEFAULT_LIMIT) params.set("limit", limit);
   return params;
 }
 
+function addressOf(params) {
+  const query = params.toString();
+  return query ? `/?${query}` : "/";
+}
+
+// --- errors that name a field -------------------------------------------------------------------
+
+function clearInvalid() {
+  form.querySelectorAll("[aria-invalid]").forEach((el) => {
+    el.removeAttribute("aria-invalid");
+    el.classList.remove("invalid");
+  });
+}
+
+function labelOf(field) {
+  const el = form.querySelector(`[name="${CSS.escape(field)}"]`);
+  const container = el && (el.closest("fieldset") || el.closest("label"));
+  if (container && container.tagName === "FIELDSET") return container.querySelector("legend").textContent.trim();
+  if (container) {
+    const text = [...container.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE || n.classList?.contains("visually-hidden"))
+      .map((n) => n.textContent).join(" ").trim();
+    if (text) return text;
+  }
+  return FIELD_NAMES[field] || field;
+}
+
+function showError(error) {
+  if (error.field) {
+    const text = error.message.startsWith(`${error.field}: `) ? error.message.slice(error.field.length + 2) : error.message;
+    say(`${labelOf(error.field)}: ${text}`, true);
+    const fields = form.querySelectorAll(`[name="${CSS.escape(error.field)}"]`);
+    fields.forEach((el) => { el.setAttribute("aria-invalid", "true"); el.classList.add("invalid"); });
+    if (fields.length && fields[0].closest("#filters")) filtersPanel.open = true;
+    if (error.field === "upload") { examples.uploads = []; renderChips(); }
+  } else {
+    say(error.message, true);
+  }
+}
+
+class RequestFailed extends Error {
+  constructor(error) {
+    super(error.message);
+    this.error = error;
+  }
+}
+
+async function fetchPage(url, init = {}) {
+  const response = await fetch(url, init);
+  let body;
+  try {
+    body = await response.json();
+  } catch (error) {
+    if (init.signal && init.signal.aborted) throw error;   // cancelled by a newer search
+    throw new RequestFailed({ message: "The server sent no answer." });
+  }
+  if (!response.ok) throw new RequestFailed(body.error || { message: `Error ${response.status}` });
+  return body;
+}
+
+// --- the grid -----------------------------------------------------------------------------------
+
+function when(hit) {
+  return hit.taken_at ? new Date(hit.taken_at).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" }) : "";
+}
+
 function tile(hit) {
+  const cell = document.createElement("div");
+  cell.className = "cell";
   const a = document.createElement("a");
   a.className = "tile";
   a.href = hit.detail_url;
+  a.dataset.id = hit.id;
+  a.tabIndex = -1;
   const img = document.createElement("img");
   img.loading = "lazy";
   img.src = hit.thumbnail_url;
-  img.alt = `Photo ${hit.id}`;
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  meta.textContent = `${hit.score.toFixed(2)}${hit.taken_at ? " · " + hit.taken_at.slice(0, 10) : ""}`;
+  img.alt = hit.name || `Photo ${hit.id}`;
+  const caption = document.createElement("span");
+  caption.className = "meta";
+  const date = document.createElement("span");
+  date.textContent = when(hit);
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = [hit.name, hit.album].filter(Boolean).join(" · ");
+  caption.append(date, name);
+  a.append(img, caption);
   const like = document.createElement("button");
   like.type = "button";
   like.className = "like";
+  like.tabIndex = -1;   // the keyboard has M on a focused photo
   like.textContent = "More like this";
-  like.addEventListener("click", (event) => {
-    event.preventDefault();
-    examples.likes = [hit.id];
-    examples.files = [];
-    renderChips();
-    runSearch();
-  });
-  a.append(img, meta, like);
-  return a;
+  like.addEventListener("click", () => moreLike(hit.id));
+  cell.append(a, like);
+  return cell;
 }
 
-async function fetchPage(request) {
-  const response = await fetch(request.url, request.init);
-  const body = await response.json().catch(() => ({ error: { message: "The server sent no answer." } }));
-  if (!response.ok) throw new Error(body.error ? body.error.message : `Error ${response.status}`);
-  return body;
+function tiles() {
+  return [...results.querySelectorAll(".tile")];
+}
+
+function focusTile(target, scroll = true) {
+  const all = tiles();
+  if (!target) return;
+  all.forEach((t) => { t.tabIndex = t === target ? 0 : -1; });
+  target.focus({ preventScroll: !scroll });
+  if (scroll) target.scrollIntoView({ block: "nearest" });
+}
+
+function columns() {
+  const all = tiles();
+  if (all.length < 2) return 1;
+  const top = all[0].getBoundingClientRect().top;
+  const n = all.findIndex((t) => t.getBoundingClientRect().top > top + 1);
+  return n === -1 ? all.length : n;
+}
+
+results.addEventListener("keydown", (event) => {
+  const current = event.target.closest(".tile");
+  if (!current) return;
+  const all = tiles();
+  const i = all.indexOf(current);
+  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns(), ArrowUp: -columns() }[event.key];
+  if (step !== undefined) {
+    event.preventDefault();
+    focusTile(all[Math.max(0, Math.min(all.length - 1, i + step))]);
+    if (i + step >= all.length - columns()) loadMore();
+  } else if (event.key === "Home" || event.key === "End") {
+    event.preventDefault();
+    focusTile(event.key === "Home" ? all[0] : all[all.length - 1]);
+  } else if (event.key === "m" || event.key === "M") {
+    event.preventDefault();
+    moreLike(Number(current.dataset.id));
+  }
+});
+
+results.addEventListener("click", (event) => {
+  const clicked = event.target.closest(".tile");
+  if (clicked) sessionStorage.setItem(FOCUS_KEY, clicked.dataset.id);
+});
+
+function moreLike(id) {
+  // As "More like this" on a photo's page: that photo alone, with the filters as they are.
+  form.q.value = "";
+  form.not.value = "";
+  examples.likes = [id];
+  examples.uploads = [];
+  examples.files = [];
+  renderChips();
+  runSearch();
 }
 
 function show(page, append) {
   if (!append) results.replaceChildren();
   page.results.forEach((hit) => results.append(tile(hit)));
+  const all = tiles();
+  if (all.length && !all.some((t) => t.tabIndex === 0)) all[0].tabIndex = 0;
   nextCursor = page.next_cursor;
+  order = page.strategy === "newest" ? "newest first" : "best match first";
   more.hidden = !nextCursor;
-  const count = results.children.length;
-  if (!count) say("No photos match. Try other words, or fewer filters.");
-  else say(`${count}${nextCursor ? "+" : ""} photos, best match first.`);
+  describe();
+  remember();
 }
 
-async function runSearch() {
-  const params = formParams();
-  const hasQuery = params.getAll("q").some((q) => q.trim()) || examples.likes.length || examples.files.length;
-  if (!hasQuery) {
-    say("Type some words, or give an example image.", true);
-    return;
+function describe() {
+  const count = tiles().length;
+  if (!count) say("No photos match. Try other words, or fewer filters.");
+  else say(`${count}${nextCursor ? "+" : ""} photos, ${order}.`);
+}
+
+// --- coming back ----------------------------------------------------------------------------------
+
+function remember() {
+  const hits = tiles().map((t) => ({ id: Number(t.dataset.id), html: t.parentElement.outerHTML }));
+  sessionStorage.setItem(CACHE_KEY, JSON.stringify({ address: location.pathname + location.search, hits, nextCursor,
+                                                       order, scrollY: window.scrollY }));
+  sessionStorage.setItem(IDS_KEY, JSON.stringify({ address: location.pathname + location.search,
+                                                     ids: hits.map((h) => h.id) }));
+}
+
+function restoreGrid() {
+  const saved = JSON.parse(sessionStorage.getItem(CACHE_KEY) || "null");
+  if (!saved || saved.address !== location.pathname + location.search || !saved.hits.length) return false;
+  results.innerHTML = saved.hits.map((h) => h.html).join("");
+  results.querySelectorAll(".cell").forEach((cell) => {
+    const id = Number(cell.querySelector(".tile").dataset.id);
+    cell.querySelector(".like").addEventListener("click", () => moreLike(id));
+  });
+  nextCursor = saved.nextCursor;
+  order = saved.order;
+  more.hidden = !nextCursor;
+  describe();
+  const focus = sessionStorage.getItem(FOCUS_KEY);
+  const target = focus && results.querySelector(`.tile[data-id="${CSS.escape(focus)}"]`);
+  window.scrollTo(0, saved.scrollY || 0);
+  if (target) {
+    focusTile(target, false);
+    const box = target.getBoundingClientRect();
+    if (box.top < 0 || box.bottom > window.innerHeight) target.scrollIntoView({ block: "center" });
   }
-  history.replaceState(null, "", "/?" + params.toString());
+  return true;
+}
+
+let scrollTimer = null;
+window.addEventListener("scroll", () => {
+  clearTimeout(scrollTimer);
+  scrollTimer = setTimeout(remember, 200);
+});
+
+// --- searching ------------------------------------------------------------------------------------
+
+let inFlight = null;   // the search under way: a newer one cancels it
+
+async function runSearch() {
+  if (inFlight) inFlight.abort();
+  const controller = new AbortController();
+  inFlight = controller;
+  clearInvalid();
+  const params = currentParams();
   const body = new FormData();
   for (const [key, value] of params.entries()) body.append(key, value);
   examples.files.forEach((file) => body.append("image", file));
   loading = true;
   say("Searching…");
+  const slow = setTimeout(explainWait, 1500);
   try {
-    show(await fetchPage({ url: "/api/search", init: { method: "POST", body } }), false);
+    const page = await fetchPage("/api/search", { method: "POST", body, signal: controller.signal });
+    if (controller.signal.aborted) return;   // a newer search owns the page now
+    for (const upload of page.uploads || []) {
+      if (upload.image_id) examples.likes.push(upload.image_id);    // the very bytes are indexed
+      else examples.uploads.push(upload.key);
+    }
+    if (examples.files.length) { examples.files = []; renderChips(); }
+    history.replaceState(null, "", addressOf(currentParams()));
+    show(page, false);
   } catch (error) {
+    if (controller.signal.aborted) return;
     results.replaceChildren();
     more.hidden = true;
-    say(error.message, true);
+    if (error instanceof RequestFailed) showError(error.error);
+    else say(`The server cannot be reached: ${error.message}`, true);
   } finally {
-    loading = false;
+    clearTimeout(slow);
+    if (inFlight === controller) {
+      inFlight = null;
+      loading = false;
+    }
   }
+}
+
+async function explainWait() {
+  try {
+    const health = await (await fetch("/healthz")).json();
+    if (loading && health.model === "loading") say("Loading the model (the first search after the server starts takes a few seconds)…");
+  } catch (error) { /* the search itself will say what went wrong */ }
 }
 
 async function loadMore() {
   if (!nextCursor || loading) return;
+  const cursor = nextCursor;
   loading = true;
   try {
-    show(await fetchPage({ url: "/api/search?cursor=" + encodeURIComponent(nextCursor), init: {} }), true);
+    const page = await fetchPage("/api/search?cursor=" + encodeURIComponent(cursor));
+    if (cursor === nextCursor) show(page, true);   // else a new search replaced the grid meanwhile
   } catch (error) {
-    say(error.message, true);
+    if (error instanceof RequestFailed) showError(error.error);
+    else say(error.message, true);
   } finally {
-    loading = false;
+    if (!inFlight) loading = false;
   }
 }
 
 form.addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
-form.addEventListener("change", (event) => {
-  if (event.target.closest("#filters") && results.children.length) runSearch();
+form.addEventListener("change", (event) => { if (event.target.closest("#filters")) runSearch(); });
+fileInput.addEventListener("change", () => { addFiles(fileInput.files); fileInput.value = ""; });
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
 });
-fileInput.addEventListener("change", () => addFiles(fileInput.files));
-drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") fileInput.click(); });
-for (const target of [drop, document.body]) {
-  target.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-  target.addEventListener("dragleave", () => drop.classList.remove("over"));
-  target.addEventListener("drop", (event) => {
-    event.preventDefault();
-    drop.classList.remove("over");
-    addFiles(event.dataTransfer.files);
-  });
-}
+// One set of handlers on the document: a drop on the drop zone bubbles up to it, and is handled once.
+document.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+document.addEventListener("dragleave", (event) => { if (!event.relatedTarget) drop.classList.remove("over"); });
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  addFiles(event.dataTransfer.files);
+});
 document.addEventListener("paste", (event) => {
   const files = [...event.clipboardData.items].filter((i) => i.kind === "file").map((i) => i.getAsFile());
-  if (files.length) addFiles(files);
+  addFiles(files);
 });
-new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting)) loadMore(); })
-  .observe(more);
+new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting)) loadMore(); }).observe(more);
 
-// A shared or reloaded address runs its search again.
+// --- the address restores the page ----------------------------------------------------------------
+
 (function restore() {
   const params = new URLSearchParams(location.search);
-  let any = false;
+  let filtered = false;
   for (const [key, value] of params.entries()) {
-    if (key === "like") { examples.likes.push(Number(value)); any = true; continue; }
-    const fields = form.querySelectorAll(`[name="${CSS.escape(key)}"]`);
-    fields.forEach((field) => {
+    if (key === "like") { if (/^\d+$/.test(value)) examples.likes.push(Number(value)); continue; }
+    if (key === "upload") { examples.uploads.push(value); continue; }
+    if (key === "limit") { limit = Number(value) || DEFAULT_LIMIT; continue; }
+    form.querySelectorAll(`[name="${CSS.escape(key)}"]`).forEach((field) => {
       if (field.type === "checkbox") field.checked = field.checked || field.value === value;
       else field.value = value;
+      if (!NOT_FILTERS.has(key) && value) filtered = true;
     });
-    if (key === "q" && value) any = true;
-    if (fields.length && key !== "q" && key !== "not") document.getElementById("filters").open = true;
   }
+  filtersPanel.open = filtered;
   renderChips();
-  if (any) runSearch();
+  const navigation = performance.getEntriesByType("navigation")[0];
+  const returning = navigation && (navigation.type === "back_forward" || navigation.type === "reload");
+  if (!(returning && restoreGrid())) runSearch();
 })();
