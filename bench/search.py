@@ -7,14 +7,17 @@ On an embedded PostgreSQL of its own (CLIPDEX_HOME = --home, or a folder under /
 
 1. a fresh database with the real migrations; n synthetic images (bench/synthetic.py) loaded by
    binary COPY, then the model's HNSW index built and timed on its own; index and table sizes;
-2. for the unfiltered case and each filter of synthetic.SELECTIVITY_FILTERS: latency p50/p95 of
-   clipdex.search.ranked_ids (k=10), recall@10 against the exact answer, which strategy ran;
+2. for the unfiltered case and each filter of synthetic.SELECTIVITY_FILTERS, with two query
+   models (off the data: near a random moment; text-like: far from every image, as a text
+   tower's outputs are): latency p50/p95 of clipdex.search.ranked_ids (k=10), recall@10 against
+   the exact answer (mean and the lowest of any query), which strategy ran;
 3. the baseline (the seed's method): brute-force cosine in numpy over every vector read from
    PostgreSQL (binary COPY), the filter as a boolean mask read in the same COPY; per query with
    that load (what the seed paid per query) and without it (numpy alone);
-4. GET /api/search over HTTP against `clipdex serve`, with a random-weight local-dir: model of the
+4. --clients connections (8) searching at once for --clients-seconds: QPS, p50, p95;
+5. GET /api/search over HTTP against `clipdex serve`, with a random-weight local-dir: model of the
    same dimension whose key the synthetic vectors are stored under: new texts and cached texts;
-5. the issue's targets at 1M rows: p50 <= 10 ms, recall@10 >= 0.95 at every selectivity, >= 500x
+6. the issue's targets at 1M rows: p50 <= 10 ms, p95 <= 25 ms, recall@10 >= 0.95 in every case, >= 500x
    brute force with its load; EXPLAIN (ANALYZE, BUFFERS) of a slow query where one is missed.
 
 With --keep the home folder and the database (named after n, dim and seed) stay, and the next run
@@ -49,6 +52,7 @@ from bench import synthetic
 from bench.report import Report, git_revision, percentile, server_versions
 from clipdex import database, embedded_postgres
 from clipdex.search import Filters, ranked_ids
+from clipdex.search.plan import ef_search_for
 from clipdex.vocabulary import EF_SEARCH as DEFAULT_EF_SEARCH
 
 log = logging.getLogger("bench.search")
@@ -59,6 +63,8 @@ SEED = 0
 BUILD_MEMORY = "4GB"              # maintenance_work_mem of the session that builds the index
 BUILD_WORKERS = max(1, min((os.cpu_count() or 2) - 1, 7))
 TARGET_P50_MS = 10.0
+TARGET_P95_MS = 25.0
+TARGET_BUILD_S = 150.0
 TARGET_RECALL = 0.95
 TARGET_RATIO = 500.0
 TARGET_ROWS = 1_000_000           # the issue's targets are stated for this many rows
@@ -208,6 +214,26 @@ def query_vectors(centers: np.ndarray, count: int, seed: int) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
+MODALITY_GAP_SEED = 12345
+
+
+def text_like_vectors(centers: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Unit vectors drawn as a text tower's outputs are: far from every image (cosine about 0.3
+    to the best match, 0.27 to the 10th, about 0 to most), most of their length along one
+    direction no image has (CLIP's modality gap, the same for every query), the rest towards a
+    random moment."""
+    rng = np.random.default_rng(seed)
+    dim = centers.shape[1]
+    gap = np.random.default_rng(MODALITY_GAP_SEED).normal(size=dim)
+    gap /= np.linalg.norm(gap)
+    q = (0.3 * centers[rng.integers(0, len(centers), count)] + 0.9 * gap
+         + rng.normal(scale=0.02, size=(count, dim)))
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+QUERY_MODELS = {"off the data": query_vectors, "text-like": text_like_vectors}
+
+
 def query_arg(conn, lib: Library, q: np.ndarray):
     """What ranked_ids takes for a query: the vector as the database compares it (float16)."""
     return q.astype(np.float16).astype(np.float32)
@@ -217,6 +243,7 @@ def query_arg(conn, lib: Library, q: np.ndarray):
 class Case:
     label: str
     filters: Filters
+    query_model: str = "off the data"
     latencies_ms: list[float] = field(default_factory=list)
     answers: list[list[tuple[int, float]]] = field(default_factory=list)
     strategies: Counter = field(default_factory=Counter)
@@ -326,25 +353,30 @@ def score_recall(case: Case, ids: np.ndarray, vectors: np.ndarray, mask: np.ndar
             case.recall_strict.append(len(exact & set(got.tolist())) / k)
 
 
-def run_baseline(conn, lib: Library, case: Case, queries: np.ndarray, numpy_queries: int, reps: int,
+def run_baseline(conn, lib: Library, same_filter: list[tuple[Case, np.ndarray]], numpy_queries: int, reps: int,
                  truth_checks: int) -> None:
+    """The baseline for one filter (timed once, with the first query model's queries), and the
+    recall of every query model's answers under that filter."""
+    first, queries = same_filter[0]
     for _ in range(reps):
         start = time.perf_counter()
-        ids, vectors, mask = load_vectors(conn, lib.model_id, lib.dim, case.filters)
-        case.load_s.append(time.perf_counter() - start)
-    case.keep = int(mask.sum())
-    use_mask = mask if case.filters.active else None
+        ids, vectors, mask = load_vectors(conn, lib.model_id, lib.dim, first.filters)
+        first.load_s.append(time.perf_counter() - start)
+    use_mask = mask if first.filters.active else None
     for q in queries[:numpy_queries]:
         start = time.perf_counter()
         ids[brute_force(vectors, use_mask, q, K)]
-        case.numpy_ms.append((time.perf_counter() - start) * 1000)
-    score_recall(case, ids, vectors, mask, queries)
-    # The numpy truth against PostgreSQL's own exact sort, scored as clipdex's answers are.
-    truth = Case(case.label, case.filters)
-    truth.answers = [[(i, 0.0) for i in exact_sql(conn, lib.model_id, q, case.filters, K)]
-                     for q in queries[:truth_checks]]
-    score_recall(truth, ids, vectors, mask, queries[:truth_checks])
-    case.sql_check = truth.recall
+        first.numpy_ms.append((time.perf_counter() - start) * 1000)
+    for case, queries in same_filter:
+        case.keep = int(mask.sum())
+        case.load_s, case.numpy_ms = first.load_s, first.numpy_ms
+        score_recall(case, ids, vectors, mask, queries)
+        # The numpy truth against PostgreSQL's own exact sort, scored as clipdex's answers are.
+        truth = Case(case.label, case.filters)
+        truth.answers = [[(i, 0.0) for i in exact_sql(conn, lib.model_id, q, case.filters, K)]
+                         for q in queries[:truth_checks]]
+        score_recall(truth, ids, vectors, mask, queries[:truth_checks])
+        case.sql_check = truth.recall
 
 
 def exact_sql(conn, model_id: int, query: np.ndarray, filters: Filters, k: int) -> list[int]:
@@ -424,6 +456,55 @@ def http_get(port: int, path: str) -> tuple[float, dict]:
 
 
 @dataclass
+class Concurrent:
+    clients: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def qps(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+
+def run_concurrent(lib: Library, cases: list[Case], queries: list, clients: int, seconds: float,
+                   iterative: bool) -> Concurrent:
+    """`clients` connections searching at once (as the web app's pool under load), each cycling
+    through every case with its own order of the queries, for `seconds`: QPS and latency."""
+    import threading
+
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    ready = threading.Barrier(clients + 1)
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        rng = np.random.default_rng(100 + number)
+        with connect(lib.url) as conn:
+            ranked_ids(conn, lib.model_id, lib.dim, queries[0], cases[0].filters, K, None, iterative=iterative,
+                       ef_search=EF_SEARCH)
+            ready.wait()
+            turn = 0
+            while not stop.is_set():
+                case = cases[turn % len(cases)]
+                query = queries[int(rng.integers(len(queries)))]
+                start = time.perf_counter()
+                ranked_ids(conn, lib.model_id, lib.dim, query, case.filters, K, None, iterative=iterative,
+                           ef_search=EF_SEARCH)
+                latencies[number].append((time.perf_counter() - start) * 1000)
+                turn += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return Concurrent(clients, time.perf_counter() - began, [x for per in latencies for x in per])
+
+
+@dataclass
 class HttpResult:
     first_ms: float
     new_ms: list[float]
@@ -489,11 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200, help="timed queries per case")
     parser.add_argument("--ef-search", type=int, default=DEFAULT_EF_SEARCH,
-                        help="hnsw.ef_search (CLIPDEX_EF_SEARCH), default %(default)s")
+                        help="the least hnsw.ef_search (CLIPDEX_EF_SEARCH), default %(default)s")
     parser.add_argument("--home", help="CLIPDEX_HOME of the embedded server (default: a folder under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep and reuse the home folder and database")
     parser.add_argument("--smoke", action="store_true", help="3,000 rows of 64-d, a few queries")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--clients-seconds", type=float, default=20.0, help="how long they search")
     args = parser.parse_args(argv)
     global EF_SEARCH
     EF_SEARCH = args.ef_search
@@ -501,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     if args.smoke:
         args.n, args.dim, args.queries = 3000, 64, min(args.queries, 20)
+        args.clients_seconds = min(args.clients_seconds, 2.0)
     warmups = min(20, max(2, args.queries // 10))
     numpy_queries = min(args.queries, 20)
     http_queries = min(args.queries, 10 if args.smoke else 100)
@@ -536,9 +620,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, home: Path, lib: Library, model_dir: Path, warmups: int, numpy_queries: int,
         http_queries: int, reps: int, truth_checks: int) -> dict:
-    queries = query_vectors(lib.centers, args.queries, seed=1)
+    query_sets = {name: make(lib.centers, args.queries, seed=1) for name, make in QUERY_MODELS.items()}
     warm = query_vectors(lib.centers, warmups, seed=2)
-    cases = [Case(label, Filters.parse(params)) for label, params in CASES.items()]
+    cases = [Case(label, Filters.parse(params), name) for name in QUERY_MODELS for label, params in CASES.items()]
     explains: list[str] = []
     with connect(lib.url) as conn:
         info = database.inspect_server(conn)
@@ -546,40 +630,50 @@ def run(args, home: Path, lib: Library, model_dir: Path, warmups: int, numpy_que
         settings = {name: conn.execute(f"SHOW {name}").fetchone()[0] for name in (
             "shared_buffers", "work_mem", "hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples")}
         size = sizes(conn, lib.model_id)
-        query_args = [query_arg(conn, lib, q) for q in queries]
+        query_args = {name: [query_arg(conn, lib, q) for q in qs] for name, qs in query_sets.items()}
         warm_args = [query_arg(conn, lib, q) for q in warm]
         for case in cases:
-            log.info("clipdex: %s (%d queries after %d warm-up)", case.label, len(query_args), len(warm_args))
-            run_clipdex(conn, lib, case, query_args, warm_args, info.iterative_scan)
-        for case in cases:
+            log.info("clipdex: %s, %s queries (%d after %d warm-up)", case.label, case.query_model,
+                     len(query_args[case.query_model]), len(warm_args))
+            run_clipdex(conn, lib, case, query_args[case.query_model], warm_args, info.iterative_scan)
+        for label in CASES:
+            same_filter = [(c, query_sets[c.query_model]) for c in cases if c.label == label]
             log.info("baseline: %s (%d loads, %d numpy queries), recall, truth vs SQL (%d queries)",
-                     case.label, reps, numpy_queries, truth_checks)
-            run_baseline(conn, lib, case, queries, numpy_queries, reps, truth_checks)
+                     label, reps, numpy_queries, truth_checks)
+            run_baseline(conn, lib, same_filter, numpy_queries, reps, truth_checks)
         slow = max(cases, key=lambda c: c.p50)
         if slow.p50 > TARGET_P50_MS:
             at = int(np.argsort(slow.latencies_ms)[int(0.95 * (len(slow.latencies_ms) - 1))])
-            explains.append(f"-- slowest case {slow.label}: query {at} ({slow.latencies_ms[at]:.1f} ms when timed)\n"
-                            + explain(conn, lib, slow, query_args[at], info.iterative_scan))
+            explains.append(f"-- slowest case {slow.label}, {slow.query_model}: query {at} "
+                            f"({slow.latencies_ms[at]:.1f} ms when timed)\n"
+                            + explain(conn, lib, slow, query_args[slow.query_model][at], info.iterative_scan))
         worst = min(cases, key=lambda c: np.mean(c.recall))
         if np.mean(worst.recall) < TARGET_RECALL:
             at = int(np.argmin(worst.recall))
-            explains.append(f"-- lowest recall case {worst.label}: query {at} (recall {worst.recall[at]:.2f})\n"
-                            + explain(conn, lib, worst, query_args[at], info.iterative_scan))
+            explains.append(f"-- lowest recall case {worst.label}, {worst.query_model}: query {at} "
+                            f"(recall {worst.recall[at]:.2f})\n"
+                            + explain(conn, lib, worst, query_args[worst.query_model][at], info.iterative_scan))
+    log.info("%d concurrent clients for %g s", args.clients, args.clients_seconds)
+    concurrent = run_concurrent(lib, [c for c in cases if c.query_model == "off the data"],
+                                query_args["off the data"], args.clients, args.clients_seconds, info.iterative_scan)
     log.info("HTTP: GET /api/search, %d new texts then the same texts cached", http_queries)
     web = run_http(home, lib.url, model_dir, http_queries, seed=3)
-    return assemble(args, lib, cases, web, size, versions, settings, explains)
+    return assemble(args, lib, cases, web, concurrent, size, versions, settings, explains)
 
 
-def assemble(args, lib: Library, cases: list[Case], web: HttpResult, size: dict, versions: dict,
-             settings: dict, explains: list[str]) -> dict:
+def assemble(args, lib: Library, cases: list[Case], web: HttpResult, concurrent: Concurrent, size: dict,
+             versions: dict, settings: dict, explains: list[str]) -> dict:
     report = Report(f"Search: {lib.n:,} synthetic images, {lib.dim}-d halfvec, k={K}",
                     "numpy brute force (PG load + dot)")
     report.facts.update(versions)
     report.facts.update({
         "revision": git_revision(),
-        "queries": f"{args.queries} per case (near random scenes of the synthetic data), after warm-up queries, "
-                   "on one connection with psycopg's defaults, as the web app's pool",
-        "search settings": f"ef_search {EF_SEARCH} per query (the database default: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")",
+        "queries": f"{args.queries} per case and query model (off the data: near a random moment; text-like: "
+                   "far from every image), after warm-up queries, on one connection with psycopg's defaults, "
+                   "as the web app's pool",
+        "search settings": f"ef_search at least {EF_SEARCH}, {ef_search_for(lib.n, EF_SEARCH)} at this size "
+                           "(clipdex.search.plan.ef_search_for; the database default: "
+                           + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")",
         "index build": f"maintenance_work_mem {BUILD_MEMORY}, max_parallel_maintenance_workers {BUILD_WORKERS}",
         "database": lib.name + (" (reused: build figures are from its first run)" if lib.reused else ""),
     })
@@ -596,12 +690,16 @@ def assemble(args, lib: Library, cases: list[Case], web: HttpResult, size: dict,
         strategies = ", ".join(f"{s}×{n}" for s, n in sorted(c.strategies.items()))
         np50 = percentile(c.numpy_ms, 50)
         load = float(np.median(c.load_s)) * 1000
-        report.add(f"SQL p50, {c.label}", c.p50, c.baseline_ms, unit="ms", higher_is_better=False,
+        report.add(f"SQL p50, {c.label}, {c.query_model}", c.p50, c.baseline_ms, unit="ms", higher_is_better=False,
                    note=f"p95 {percentile(c.latencies_ms, 95):.1f} ms; {strategies}; baseline = load "
                         f"{load:,.0f} + numpy {np50:.1f} ms (numpy alone: {times(np50 / c.p50)})")
-        report.add(f"recall@{K}, {c.label}", float(np.mean(c.recall)), "1 (exact)",
+        report.add(f"recall@{K}, {c.label}, {c.query_model}", float(np.mean(c.recall)), "1 (exact)",
                    note=f"min {min(c.recall):.2f}; strict {np.mean(c.recall_strict):.3f}; "
                         f"truth vs SQL exact {np.mean(c.sql_check):.2f}; {c.keep:,} rows match")
+    report.add(f"{concurrent.clients} concurrent clients: QPS", concurrent.qps, unit="queries/s",
+               note=f"p50 {percentile(concurrent.latencies_ms, 50):.1f} ms, p95 "
+                    f"{percentile(concurrent.latencies_ms, 95):.1f} ms; every case in turn, off-the-data queries, "
+                    f"{concurrent.seconds:.0f} s")
     pages = ", ".join(f"{n} pages of {size}" for size, n in sorted(web.page_sizes.items()))
     strategies = ", ".join(f"{s}×{n}" for s, n in sorted(web.strategies.items()))
     web_note = f"limit 20: {pages}; {strategies}; first call {web.first_ms:,.0f} ms (model load)"
@@ -609,9 +707,15 @@ def assemble(args, lib: Library, cases: list[Case], web: HttpResult, size: dict,
                note=f"p95 {percentile(web.cached_ms, 95):.1f} ms")
     report.add("HTTP /api/search p50, new text (encode + SQL + JSON)", percentile(web.new_ms, 50), unit="ms",
                note=f"p95 {percentile(web.new_ms, 95):.1f} ms; {web_note}")
-    verdicts = targets(lib.n, cases)
+    verdicts = targets(lib.n, cases) + [
+        f"- index build <= {TARGET_BUILD_S:g} s: " + ("met" if t["build"] <= TARGET_BUILD_S else "MISSED")
+        + f" ({t['build']:.0f} s; load + build {t['load'] + t['build']:.0f} s"
+        + (", figures from the database's first run" if lib.reused else "") + ")"]
     return {"report": report, "facts": report.facts, "verdicts": verdicts, "explains": explains,
-            "cases": {c.label: {
+            "concurrent": {"clients": concurrent.clients, "qps": concurrent.qps,
+                           "p50_ms": percentile(concurrent.latencies_ms, 50),
+                           "p95_ms": percentile(concurrent.latencies_ms, 95)},
+            "cases": {f"{c.label}, {c.query_model}": {
                 "p50_ms": c.p50, "p95_ms": percentile(c.latencies_ms, 95),
                 "recall": float(np.mean(c.recall)), "recall_min": min(c.recall),
                 "recall_strict": float(np.mean(c.recall_strict)), "strategies": dict(c.strategies),
@@ -632,26 +736,31 @@ def times(ratio: float) -> str:
 def targets(n: int, cases: list[Case]) -> list[str]:
     scope = "" if n >= TARGET_ROWS else f" (the targets are for {TARGET_ROWS:,} rows; this run has {n:,})"
     lines = [f"Targets{scope}:"]
-    slow = [c for c in cases if c.p50 > TARGET_P50_MS]
-    worst = max(cases, key=lambda c: c.p50)
-    lines.append(f"- SQL p50 <= {TARGET_P50_MS:g} ms in every case: "
-                 + ("met" if not slow else "MISSED") + f" (worst {worst.label} {worst.p50:.1f} ms"
-                 + (", " + ", ".join(f"{c.label} {c.p50:.1f} ms = +{c.p50 - TARGET_P50_MS:.1f} ms "
-                                     f"({c.p50 / TARGET_P50_MS:.1f}× the target)" for c in slow) if slow else "")
-                 + ")")
-    low = [c for c in cases if np.mean(c.recall) < TARGET_RECALL]
-    worst = min(cases, key=lambda c: np.mean(c.recall))
-    lines.append(f"- recall@{K} >= {TARGET_RECALL} at every selectivity: " + ("met" if not low else "MISSED")
-                 + f" (lowest {worst.label} {np.mean(worst.recall):.3f}"
-                 + (", " + ", ".join(f"{c.label} short by {TARGET_RECALL - np.mean(c.recall):.3f}" for c in low)
-                    if low else "") + ")")
-    ratios = {c.label: c.baseline_ms / c.p50 for c in cases}
-    weak = [label for label, r in ratios.items() if r < TARGET_RATIO]
-    lowest = min(ratios, key=ratios.get)
-    lines.append(f"- >= {TARGET_RATIO:g}× brute force (with its load from PG): " + ("met" if not weak else "MISSED")
-                 + f" (lowest {lowest} {ratios[lowest]:,.0f}×"
-                 + (", short: " + ", ".join(f"{w} {ratios[w]:,.0f}× = {ratios[w] / TARGET_RATIO:.2f} of the target"
-                                           for w in weak) if weak else "") + ")")
+
+    def name(c: Case) -> str:
+        return f"{c.label}, {c.query_model}"
+
+    def verdict(what: str, value, limit: float, worse_when_higher: bool, fmt: str) -> str:
+        worst = (max if worse_when_higher else min)(cases, key=value)
+        missed = [c for c in cases if (value(c) > limit if worse_when_higher else value(c) < limit)]
+        return (f"- {what}: " + ("met" if not missed else f"MISSED in {len(missed)} of {len(cases)} cases")
+                + f" (worst: {name(worst)} {fmt.format(value(worst))}"
+                + ("; missed: " + ", ".join(f"{name(c)} {fmt.format(value(c))}" for c in missed[:6])
+                   + (f" and {len(missed) - 6} more" if len(missed) > 6 else "") if missed else "")
+                + ")")
+
+    lines.append(verdict(f"SQL p50 <= {TARGET_P50_MS:g} ms in every case", lambda c: c.p50, TARGET_P50_MS,
+                         True, "{:.1f} ms"))
+    lines.append(verdict(f"SQL p95 <= {TARGET_P95_MS:g} ms in every case",
+                         lambda c: percentile(c.latencies_ms, 95), TARGET_P95_MS, True, "{:.1f} ms"))
+    lines.append(verdict(f"recall@{K} >= {TARGET_RECALL} in every case", lambda c: float(np.mean(c.recall)),
+                         TARGET_RECALL, False, "{:.3f}"))
+    worst_query = min(cases, key=lambda c: min(c.recall))
+    lines.append(f"- lowest recall@{K} of any one query: {min(worst_query.recall):.2f} ({name(worst_query)}; "
+                 f"queries under 0.5: {sum(r < 0.5 for c in cases for r in c.recall)} of "
+                 f"{sum(len(c.recall) for c in cases)})")
+    lines.append(verdict(f">= {TARGET_RATIO:g}× brute force (with its load from PG)",
+                         lambda c: c.baseline_ms / c.p50, TARGET_RATIO, False, "{:,.0f}×"))
     return lines
 
 

@@ -5,8 +5,13 @@ known selectivity come from the data itself:
 
     format = 'png'                 50 %
     camera_make = 'Make-5'          5 %
+    camera_make = 'Make-1'          1 %
     camera_make = 'Make-0.5'        0.5 %
     camera_make = 'Make-0.05'       0.05 %
+    taken 2019-2020 (20 %) x source iphone (25 %) x orientation portrait (7/16)    about 2.2 %
+
+Every image has one location (root 'synthetic'), its source drawn as takeout 45 %, iphone 25 %,
+qq 20 %, folder 10 %.
 """
 
 from __future__ import annotations
@@ -22,9 +27,13 @@ from pgvector import HalfVector
 SELECTIVITY_FILTERS = {
     "50%": {"format": ["png"]},
     "5%": {"camera_make": ["Make-5"]},
+    "1%": {"camera_make": ["Make-1"]},
     "0.5%": {"camera_make": ["Make-0.5"]},
     "0.05%": {"camera_make": ["Make-0.05"]},
+    "combined ~2%": {"taken_from": ["2019-01-01"], "taken_to": ["2020-12-31"], "source": ["iphone"],
+                     "orientation": ["portrait"]},
 }
+SOURCES, SOURCE_SHARES = ("takeout", "iphone", "qq", "folder"), (0.45, 0.25, 0.2, 0.1)
 
 
 @dataclass
@@ -64,14 +73,15 @@ def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, c
     rng = np.random.default_rng(seed)
     vectors, centers = clustered_vectors(n, dim, clusters, rng)
     u = rng.random(n)
-    makes = np.where(u < 0.0005, "Make-0.05", np.where(u < 0.0055, "Make-0.5",
-                     np.where(u < 0.0555, "Make-5", "Other")))
+    makes = np.select([u < 0.0005, u < 0.0055, u < 0.0555, u < 0.0655],
+                      ["Make-0.05", "Make-0.5", "Make-5", "Make-1"], "Other")
     formats = np.where(rng.random(n) < 0.5, "png", "jpeg")
     start = datetime(2015, 1, 1, tzinfo=timezone.utc)
     seconds = rng.integers(0, 10 * 365 * 86400, n)
     widths = rng.choice([640, 1080, 3024, 4032], n)
     heights = rng.choice([480, 1920, 3024, 4032], n)
     favorite = rng.random(n) < 0.02
+    sources = rng.choice(SOURCES, n, p=SOURCE_SHARES)
     model_id = conn.execute(
         "INSERT INTO models (name, dim) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET dim = EXCLUDED.dim "
         "RETURNING id", (model_key, dim)).fetchone()[0]
@@ -90,10 +100,19 @@ def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, c
         copy.set_types(["bigint", "int2", "halfvec"])
         for i in range(n):
             copy.write_row((int(ids[i]), model_id, HalfVector(vectors[i])))
+    conn.execute("INSERT INTO roots (name, path) VALUES ('synthetic', '/synthetic') ON CONFLICT DO NOTHING")
+    with conn.cursor().copy("COPY locations (image_id, root, relpath, relpath_bytes, source, byte_size, mtime_ns) "
+                            "FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(["bigint", "text", "text", "bytea", "text", "bigint", "int8"])
+        for i in range(n):
+            relpath = f"{model_key}-{seed}/{sources[i]}/{i:08d}.jpg"
+            copy.write_row((int(ids[i]), "synthetic", relpath, relpath.encode(), str(sources[i]),
+                            2_000_000 + i, 1_600_000_000_000_000_000 + i))
     conn.execute("SELECT setval(pg_get_serial_sequence('images', 'id'), %s)", (int(ids[-1]),))
     if build_index:
         conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
     conn.execute("SELECT clipdex_use_model(%s::smallint)", (model_id,))
     conn.execute("ANALYZE images")
+    conn.execute("ANALYZE locations")
     conn.execute("ANALYZE embeddings")
     return Synthetic(model_key, model_id, dim, ids, vectors, centers)

@@ -182,8 +182,9 @@ class Settings:
     )
     ef_search: int = _setting(
         "CLIPDEX_EF_SEARCH", EF_SEARCH,
-        "HNSW candidates per search: higher finds more of the true nearest photos, slower. 200 gives "
-        "recall@10 0.99 at 100k photos; a million wants about 1000 (BENCHMARKS.md).",
+        "The least HNSW candidate list per search: higher finds more of the true nearest photos, "
+        "slower. It grows with the library as x(N/100k)^0.7, up to 1000 (pgvector's limit) from about a "
+        "million photos; 200 gives recall@10 0.995 at 100k (BENCHMARKS.md).",
         _parse_int("CLIPDEX_EF_SEARCH", 10),
     )
     web_host: str = _setting(

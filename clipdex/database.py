@@ -215,11 +215,13 @@ class Database:
                 yield conn
 
 
-def open_database(settings: Settings, *, migrate: bool | None = None) -> Database:
+def open_database(settings: Settings, *, migrate: bool | None = None, repair_indexes: bool = True) -> Database:
     """Connects, checks pgvector and the schema revision.
 
     ``migrate=None`` upgrades the embedded server automatically and refuses an external server
-    whose schema is behind (its owner decides when to migrate).
+    whose schema is behind (its owner decides when to migrate). ``repair_indexes`` builds a vector
+    index that an interrupted bulk load left missing (the indexer, which defers it on purpose,
+    passes False).
     """
     url = resolve_url(settings)
     with connect(url, register=False) as conn:
@@ -238,4 +240,9 @@ def open_database(settings: Settings, *, migrate: bool | None = None) -> Databas
         upgrade(url)
         with connect(url, register=False) as conn:
             info = inspect_server(conn)
+    if repair_indexes:
+        from clipdex.model_registry import repair_missing_indexes
+
+        with connect(url, autocommit=True, register=False) as conn:
+            repair_missing_indexes(conn, settings.lock_timeout, say=log.warning)
     return Database(url=url, info=info)

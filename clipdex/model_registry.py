@@ -119,6 +119,60 @@ def build_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30
     return out
 
 
+# A bulk load in this process holds pg_advisory_lock(BULK_LOAD_LOCK, run id) while it runs, so
+# another command can tell a load that is going on from one that was interrupted.
+BULK_LOAD_LOCK = 0x636C6478   # 'cldx'
+# A Celery bulk load counts as going on while one of its batches started or finished this recently.
+BULK_LOAD_QUIET_MINUTES = 15
+
+
+@contextmanager
+def holding_bulk_load(conn: psycopg.Connection, run_id: int) -> Iterator[None]:
+    """Marks a bulk load in this process as alive for as long as the block runs."""
+    conn.execute("SELECT pg_advisory_lock(%s, %s)", (BULK_LOAD_LOCK, run_id))
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (BULK_LOAD_LOCK, run_id))
+
+
+def bulk_load_going_on(conn: psycopg.Connection, model_name: str) -> int | None:
+    """The run id of a bulk load of this model that is still going on, if any: an unfinished run
+    that deferred the index and whose process holds its lock (``clipdex index``), or whose batches
+    moved in the last minutes (Celery workers)."""
+    row = conn.execute(
+        "SELECT r.id FROM ingest_runs r WHERE r.model = %s AND r.defer_index AND r.finished_at IS NULL AND ("
+        " EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        "   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "   AND l.classid = %s::oid AND l.objid = r.id::oid AND l.objsubid = 2)"
+        " OR (r.mode = 'celery' AND greatest(r.started_at, r.enqueued_at, (SELECT max(greatest(b.started_at, "
+        "   b.finished_at)) FROM ingest_batches b WHERE b.run_id = r.id)) > now() - make_interval(mins => %s))"
+        ") ORDER BY r.id DESC LIMIT 1",
+        (model_name, BULK_LOAD_LOCK, BULK_LOAD_QUIET_MINUTES)).fetchone()
+    return row[0] if row else None
+
+
+def repair_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30,
+                           say=None) -> list[tuple[str, float]]:
+    """Builds the HNSW index of every model that has vectors but lost its index to an interrupted
+    bulk load (a crash, Ctrl-C, a killed worker), unless that load is still going on: called by the
+    commands that search, so a library is never left without its index past the next command.
+    Returns (model name, seconds) of what it built; ``say(text)`` hears about it first."""
+    built = []
+    for model_id, name in conn.execute(
+            "SELECT m.id, m.name FROM models m WHERE to_regclass('embeddings_hnsw_model_' || m.id) IS NULL "
+            "AND EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id) ORDER BY m.id").fetchall():
+        if bulk_load_going_on(conn, name) is not None:
+            continue
+        if say is not None:
+            say(f"the vector index of {name} is missing (an interrupted bulk load); building it now")
+        started = time.perf_counter()
+        build_vector_index(conn, model_id, lock_timeout)
+        built.append((name, time.perf_counter() - started))
+    return built
+
+
 def activate(conn: psycopg.Connection, key: str, lock_timeout: float = 30) -> None:
     """Makes this model the one psql's `vectors` view and functions use."""
     found = model_id(conn, key)

@@ -70,7 +70,7 @@ def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_faile
 
     started = time.perf_counter()
     settings = _run_settings(ctx, keep_missing)
-    database = open_database(settings)
+    database = open_database(settings, repair_indexes=False)
     plan = plan_run(settings, database, path, source=source, mode="local", retry_failed=retry_failed)
     _print_plan(plan)
     result = index_planned(settings, database, plan, out=sys.stderr, started=started)
@@ -107,7 +107,7 @@ def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry
 
     settings = _run_settings(ctx, keep_missing)
     _need_broker(settings)
-    database = open_database(settings)
+    database = open_database(settings, repair_indexes=False)
     plan = plan_run(settings, database, path, source=source, mode="celery", retry_failed=retry_failed)
     _print_plan(plan)
     sent = enqueue(settings, database, plan.run_id, plan.batches)
@@ -126,7 +126,7 @@ def resume_cmd(ctx: click.Context, run_id: int) -> None:
     settings = settings_of(ctx)
     _need_broker(settings)
     try:
-        sent = resume(settings, open_database(settings), run_id)
+        sent = resume(settings, open_database(settings, repair_indexes=False), run_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run {run_id}: {plural(sent, 'batch', 'batches')} queued again")

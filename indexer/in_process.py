@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -84,6 +85,12 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
     progress = Progress(plan.files, out)
     results = []
     failed_files = 0
+    alive = ExitStack()
+    if plan.defer_index:
+        # Other commands see this load going on and leave its index alone; if this process
+        # dies, the lock goes with its connection and the next command builds the index.
+        lock_conn = alive.enter_context(database.connect(autocommit=True))
+        alive.enter_context(model_registry.holding_bulk_load(lock_conn, plan.run_id))
     try:
         try:
             for batch_no in plan.batches:
@@ -109,6 +116,7 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
             with database.connect(autocommit=True) as conn:
                 model_registry.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
     finally:
+        alive.close()
         if own_runtime:
             rt.close()
     counts = {k: sum(r[k] for r in results) for k in ("images_new", "images_known", "ignored", "failed")}

@@ -28,7 +28,7 @@ class Runtime:
         from psycopg_pool import ConnectionPool
 
         self.settings = settings
-        self.database = database or open_database(settings)
+        self.database = database or open_database(settings, repair_indexes=False)
         threads = settings.effective_decode_threads
         self.pool = ConnectionPool(
             self.database.url, min_size=1, max_size=threads + 1, open=True,

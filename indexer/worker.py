@@ -105,7 +105,7 @@ def _register_tasks(app: Celery) -> None:
 
             run_id, batch_no = args
             try:
-                with open_database(app.conf.clipdex_settings).connect(autocommit=True) as conn:
+                with open_database(app.conf.clipdex_settings, repair_indexes=False).connect(autocommit=True) as conn:
                     if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}").finished_run:
                         model_id = store.deferred_index_model(conn, run_id)
                         if model_id is not None:
@@ -137,5 +137,5 @@ def _register_tasks(app: Celery) -> None:
         from clipdex.database import open_database
 
         settings = app.conf.clipdex_settings
-        with open_database(settings).connect(autocommit=True) as conn:
+        with open_database(settings, repair_indexes=False).connect(autocommit=True) as conn:
             return model_registry.build_vector_index(conn, model_id, settings.lock_timeout)

@@ -368,3 +368,39 @@ def test_a_bulk_load_builds_the_vector_index_once_at_the_end(settings, db, tmp_p
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT defer_index FROM ingest_runs ORDER BY id").fetchall() == [(False,), (True,)]
         assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 13
+
+
+def test_an_interrupted_bulk_load_has_its_index_back_by_the_next_command(settings, db, tmp_path):
+    """A load that dropped its index and died (here: planned, no batch run, as a process killed
+    right after its scan) leaves the model without its index only until the next command opens
+    the database; a load that is still going on keeps its index deferred."""
+    from clipdex import model_registry
+    from clipdex.database import open_database
+    from indexer.producer import plan_run
+
+    bulk = settings.replace(defer_index_files=5)
+    for i in range(3):
+        L.write(tmp_path / "lib" / "first" / f"{i}.png", L.png(400 + i))
+    index_folder(bulk, db, tmp_path / "lib", out=None)
+    for i in range(10):
+        L.write(tmp_path / "lib" / "second" / f"{i}.png", L.png(500 + i))
+
+    local = plan_run(bulk, db, tmp_path / "lib", mode="local")
+    assert local.defer_index and vector_index_oid(db.url) is None
+    with db.connect(autocommit=True) as conn, model_registry.holding_bulk_load(conn, local.run_id):
+        open_database(bulk)                          # the load is alive: its process holds the lock
+        assert vector_index_oid(db.url) is None
+    open_database(bulk)                              # its process is gone: the next command builds it
+    assert vector_index_oid(db.url) is not None
+
+    celery = plan_run(bulk, db, tmp_path / "lib", mode="celery")
+    assert celery.defer_index and vector_index_oid(db.url) is None
+    open_database(bulk)                              # the run was planned just now: workers are on it
+    assert vector_index_oid(db.url) is None
+    with psycopg.connect(db.url, autocommit=True) as conn:   # nothing has moved for an hour
+        conn.execute("UPDATE ingest_runs SET started_at = now() - interval '1 hour', "
+                     "enqueued_at = now() - interval '1 hour' WHERE id = %s", (celery.run_id,))
+    proc = run_cli("status", env=bulk.to_environ())
+    assert "building it now" in proc.stderr
+    assert vector_index_oid(db.url) is not None
+    assert "building it now" not in run_cli("status", env=bulk.to_environ()).stderr   # there: nothing to do

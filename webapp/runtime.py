@@ -47,7 +47,7 @@ class AppRuntime:
                 from psycopg_pool import ConnectionPool
                 from pgvector.psycopg import register_vector
 
-                self._database = open_database(self.settings)
+                self._database = open_database(self.settings, repair_indexes=False)
                 self._pool = ConnectionPool(
                     self._database.url, min_size=1, max_size=16, open=True, name="clipdex-web",
                     kwargs={"autocommit": True, "connect_timeout": CONNECTION_WAIT_SECONDS},

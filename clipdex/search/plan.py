@@ -17,23 +17,45 @@ from clipdex.vocabulary import EF_SEARCH, MAX_SCAN_TUPLES
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
+COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
+EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 
 
-def _count_filtered(conn: psycopg.Connection, model_id: int, where: str, params: list, cap: int) -> int:
-    return conn.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM images i WHERE {where} AND EXISTS (SELECT 1 FROM embeddings e "
-        f"WHERE e.image_id = i.id AND e.model_id = %s) LIMIT %s) s", [*params, model_id, cap]).fetchone()[0]
+def _filtered_ids(conn: psycopg.Connection, where: str, params: list, cap: int) -> list[int]:
+    """Up to ``cap`` ids of the photos the filters keep, ascending (the order of the vectors'
+    primary key, so the exact sort walks it once instead of joining per row). Photos only:
+    whether each has a vector of this model is not asked here."""
+    return sorted(r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} LIMIT %s", [*params, cap]))
 
 
-def exact_scan_limit(conn: psycopg.Connection, limit: int) -> int:
+def _estimated_rows(conn: psycopg.Connection, where: str, params: list) -> float:
+    """The planner's estimate of the photos the filters keep (from the column statistics, a
+    fraction of a millisecond)."""
+    plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM images i WHERE {where}", params).fetchone()[0]
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+def table_rows(conn: psycopg.Connection) -> float:
+    """The vectors stored (all models), as the planner last counted them."""
+    return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass").fetchone()[0])
+
+
+def exact_scan_limit(total: float, limit: int) -> int:
     """How many filtered rows an exact sort may take before the index is cheaper.
 
     The exact sort costs a fixed time per filtered row (fetch the vector, one distance); the
     filtered index scan walks about limit / selectivity rows of the graph. With N vectors they
     break even near sqrt(3·limit·N) filtered rows (fitted on bench/search.py at 100k and 1M).
     """
-    total = conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass").fetchone()[0]
-    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(3 * limit * max(total, 1.0)))))
+    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(3 * limit * total))))
+
+
+def ef_search_for(total: float, least: int) -> int:
+    """The HNSW candidate list for a table of ``total`` vectors. A bigger library puts more
+    near-ties around a query (more photos of each kind of scene), and a fixed list finds fewer
+    of the true neighbours: bench/search.py measured recall@10 0.995 with 200 at 100k but 0.79
+    at 1M, 0.95 with 1000. The list grows as (N / 100k)^0.7 from ``least``, up to pgvector's 1000."""
+    return int(min(EF_SEARCH_MAX, max(least, least * (total / 100_000) ** 0.7)))
 
 
 def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
@@ -41,6 +63,7 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
                exact_max_rows: int | None = None,
                ef_search: int = EF_SEARCH) -> tuple[list[tuple[int, float]], str, int | None]:
     """The ids and distances of the next `limit` rows, and which strategy produced them.
+    ``ef_search`` is the least HNSW candidate list; it grows with the table (ef_search_for).
 
     Every plan is made for the actual filter values (plan_cache_mode = force_custom_plan): a
     generic plan of a prepared statement cannot know whether a filter keeps 50 % or 0.05 % of
@@ -48,32 +71,42 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
     """
     where, params = filters.sql()
     with conn.transaction():
-        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # A search is short: starting parallel workers costs more than they save below the
+        # exact-sort bound (10 ms of 40 for 5,000 rows at 1M on 2 cores), and concurrent
+        # searches use the cores anyway.
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL max_parallel_workers_per_gather = 0")
         filtered = None
+        total = table_rows(conn)
         if exact_max_rows is None:
-            exact_max_rows = exact_scan_limit(conn, limit)
-        if filters.active:
-            filtered = _count_filtered(conn, model_id, where, params, exact_max_rows + 1)
-            if filtered == 0:
-                return [], "exact", 0
-        use_index = filtered is None or filtered > exact_max_rows
+            exact_max_rows = exact_scan_limit(total, limit)
+        # Counting is only worth it near the threshold: a filter the planner expects to keep
+        # far more rows goes straight to the index (if it keeps fewer after all, the index scan
+        # comes back short and the exact sort below answers).
         vector = as_halfvec(query)
-        rows = _ranked(conn, model_id, dim if use_index else None, vector, where, params, limit, after,
-                       iterative, ef_search)
-        if use_index and len(rows) < limit:
+        if filters.active and _estimated_rows(conn, where, params) <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
+            ids = _filtered_ids(conn, where, params, exact_max_rows + 1)
+            filtered = len(ids)
+            if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
+                rows = _ranked(conn, model_id, None, vector, "e.image_id = ANY(%s)", [ids], limit, after,
+                               iterative, ef_search, join=False) if ids else []
+                return rows, "exact", filtered
+        rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative,
+                       ef_search_for(total, ef_search))
+        if len(rows) < limit:
             # Short: the scan bound was reached, or pgvector 0.7 has no iterative scan. Only an
             # exact sort can say whether more rows exist, and it gives them in the right order.
             exact = _ranked(conn, model_id, None, vector, where, params, limit, after, iterative, ef_search)
             return exact, "exact", filtered
-        return rows, "hnsw" if use_index else "exact", filtered
+        return rows, "hnsw", filtered
 
 
 def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, query: HalfVector, where: str,
             params: list, limit: int, after: tuple[float, int] | None, iterative: bool,
-            ef_search: int) -> list[tuple[int, float]]:
+            ef_search: int, *, join: bool = True) -> list[tuple[int, float]]:
     """One ranking query. With ``index_dim`` the distance is written exactly as the model's HNSW
     index expression (``embedding::halfvec(dim)``, model_id constant) so the planner can use it;
-    without, the plain expression matches no index and the filtered rows are sorted exactly."""
+    without, the plain expression matches no index and the filtered rows are sorted exactly.
+    ``join=False``: ``where`` is over the vectors ``e`` alone (a list of ids)."""
     if index_dim is None:
         distance = "e.embedding <=> %s::halfvec"
     else:
@@ -82,10 +115,11 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
     if after is not None:
         keyset = f" AND ({distance}, e.image_id) > (%s, %s)"
         keyset_params = [query, after[0], after[1]]
-    sql = (f"SELECT e.image_id, {distance} AS distance FROM embeddings e JOIN images i ON i.id = e.image_id "
+    source = "embeddings e JOIN images i ON i.id = e.image_id" if join else "embeddings e"
+    sql = (f"SELECT e.image_id, {distance} AS distance FROM {source} "
            f"WHERE e.model_id = {int(model_id)} AND {where}{keyset} ORDER BY distance, e.image_id LIMIT %s")
     if index_dim is not None:
-        conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(ef_search, min(1000, 2 * limit)))}")
+        conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(ef_search, min(EF_SEARCH_MAX, 2 * limit)))}")
         if iterative:
             conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
