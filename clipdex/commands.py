@@ -182,6 +182,9 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
                 click.echo(f"run {f.run_id}  {printable(f.root)}/{printable(f.path)}  [{f.stage}] {printable(f.reason)}")
             return
         runs = [status.get_run(conn, run_id)] if run_id is not None else status.list_runs(conn, limit)
+        texts = status.text_reading(conn) if run_id is None and not as_json else None
+    if texts:
+        click.echo(texts)
     if as_json:
         for run in runs:
             click.echo(json.dumps(run.to_dict()))
@@ -218,13 +221,18 @@ def _run_line(run) -> str:
               help="An example image file (repeatable).")
 @click.option("--like", "likes", multiple=True, help="An indexed image id to look like (`12^0.5` weighs it).")
 @click.option("--not", "negatives", multiple=True, help="A text to steer away from (repeatable).")
+@click.option("--text", "written", help="Words written in the photo (read by OCR): only photos holding them.")
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "text"]), default=None,
+              help="hybrid (default): photos with the words of TEXTS written in them first; vector: the "
+                   "vector alone; text: only photos holding the words.")
 @click.option("--filter", "-f", "filters", multiple=True, metavar="NAME=VALUE",
               help="A filter, e.g. -f taken_from=2023-01-01 -f source=iphone -f orientation=portrait.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", help="The next page of an earlier search (printed with --json).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per result, then the cursor.")
 @click.pass_context
-def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, limit, cursor, as_json) -> None:
+def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mode, filters, limit, cursor,
+               as_json) -> None:
     """Search by TEXTS (`red car^2` weighs a text), example images and filters."""
     from clipdex.database import open_database
     from clipdex.search import QueryError, SearchRequest, SearchService
@@ -232,6 +240,10 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, filters, lim
     settings = settings_of(ctx)
     params: dict[str, list[str]] = {"q": list(texts), "not": list(negatives), "like": list(likes),
                                     "limit": [str(limit)], "cursor": [cursor] if cursor else []}
+    if written is not None:
+        params["text"] = [written]
+    if mode is not None:
+        params["mode"] = [mode]
     try:
         for item in filters:
             name, sep, value = item.partition("=")

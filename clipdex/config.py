@@ -162,6 +162,12 @@ class Settings:
         "that finds no file at all, or cannot read a folder, forgets nothing there.",
         _parse_bool("CLIPDEX_FORGET_MISSING"),
     )
+    ocr: bool = _setting(
+        "CLIPDEX_OCR", True,
+        "Read the text in photos (Chinese and English) after indexing them, so `--text` finds "
+        "screenshots, receipts and signs by their words. Off: `clipdex ocr` reads them later.",
+        _parse_bool("CLIPDEX_OCR"),
+    )
     follow_external_links: bool = _setting(
         "CLIPDEX_FOLLOW_EXTERNAL_LINKS", False,
         "Follow symbolic links that lead out of every library root (off: such a link is recorded once "

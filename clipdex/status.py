@@ -181,6 +181,20 @@ def failures(conn: psycopg.Connection, run_id: int | None = None, limit: int = 1
     return [Failure(*row) for row in rows]
 
 
+def text_reading(conn: psycopg.Connection) -> str | None:
+    """One line on the OCR stage: how many photos have had their text read (by any engine)."""
+    photos, read, with_text, failed = conn.execute(
+        "SELECT (SELECT count(*) FROM images), count(DISTINCT image_id) FILTER (WHERE error IS NULL), "
+        "count(DISTINCT image_id) FILTER (WHERE error IS NULL AND text <> ''), "
+        "count(DISTINCT image_id) FILTER (WHERE error IS NOT NULL) FROM image_texts").fetchone()
+    if not photos:
+        return None
+    line = f"text in photos: read {read} of {plural(photos, 'photo')}, {with_text} with text, {failed} failed"
+    if read + failed < photos:
+        line += " (clipdex ocr --all reads the rest)"
+    return line
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """'1 file', '2 files' (``words`` for irregular plurals)."""
     return f"{count} {word if count == 1 else (words or word + 's')}"

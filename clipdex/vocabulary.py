@@ -39,7 +39,7 @@ CAPTURE_TIME_SOURCES = ("mtime", "filename", "exif", "sidecar")   # least to mos
 # Ingest bookkeeping.
 RUN_MODES = ("local", "celery")
 BATCH_STATES = ("queued", "done", "failed")
-FAILURE_STAGES = ("read", "decode", "metadata", "embed", "write", "batch")
+FAILURE_STAGES = ("read", "decode", "metadata", "embed", "write", "batch", "ocr")
 
 # HNSW search: the candidate list (CLIPDEX_EF_SEARCH's default, and the database default that psql
 # sessions get) and the bound on an iterative index scan (per search, and for psql).

@@ -85,6 +85,56 @@ def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_faile
                f"in {duration(result.seconds)}{rates}")
     if c.get("failed") or plan.problems:
         click.echo(f"see the failures with: clipdex status {plan.run_id} --failures")
+    if settings.ocr:
+        _read_texts(settings, database, _scope_of_run(database, plan), run_id=plan.run_id)
+
+
+def _scope_of_run(database, plan):
+    import os
+
+    from indexer.ocr_run import Scope
+
+    with database.connect() as conn:
+        path = conn.execute("SELECT path FROM ingest_runs WHERE id = %s", (plan.run_id,)).fetchone()[0]
+    return Scope(plan.root, os.fsencode(path))
+
+
+def _read_texts(settings: Settings, database, scope, *, run_id: int | None = None) -> None:
+    """The OCR pass over ``scope``: one progress line, one summary line."""
+    from clipdex.roots import known_roots
+    from indexer.ocr import OcrEngine
+    from indexer.ocr_run import read_texts
+
+    with database.connect(autocommit=True) as conn:
+        summary = read_texts(settings, conn, OcrEngine(), known_roots(conn), scope, run_id=run_id, out=sys.stderr)
+    if summary.read or summary.failed:
+        click.echo(f"read the text of {plural(summary.read, 'photo')}: {summary.with_text} with text, "
+                   f"{summary.failed} failed, in {duration(summary.seconds)}")
+        for image_id, reason in summary.failures[:5]:
+            click.echo(f"  image {image_id}: {printable(reason)}", err=True)
+
+
+@click.command("ocr")
+@click.argument("path", type=FOLDER, required=False)
+@click.option("--all", "everything", is_flag=True, help="Every indexed photo, whatever its folder.")
+@click.option("--retry-failed", is_flag=True, help="Read again the photos whose reading failed.")
+@click.pass_context
+def ocr_cmd(ctx: click.Context, path, everything: bool, retry_failed: bool) -> None:
+    """Read the text in the indexed photos under PATH (or --all) that have not been read yet."""
+    from clipdex.database import open_database
+    from indexer.ocr_run import Scope
+    from indexer.placement import place
+
+    if (path is None) == (not everything):
+        raise click.UsageError("give a folder that was indexed, or --all")
+    settings = settings_of(ctx)
+    database = open_database(settings, repair_indexes=False)
+    scope = Scope(retry_failed=retry_failed)
+    if path is not None:
+        with database.transaction() as conn:
+            placement = place(settings, conn, path)
+        scope = Scope(placement.root, placement.relpath, retry_failed)
+    _read_texts(settings, database, scope)
 
 
 def _need_broker(settings: Settings) -> None:
@@ -133,15 +183,18 @@ def resume_cmd(ctx: click.Context, run_id: int) -> None:
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True})
+@click.option("--queues", default="embed", show_default=True,
+              type=click.Choice(["embed", "ocr", "embed,ocr", "ocr,embed"]),
+              help="embed: model work (one worker per GPU); ocr: reading text (CPU); or both.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker_cmd(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on the embed queue (one per GPU); extra arguments go to Celery."""
+def worker_cmd(ctx: click.Context, queues: str, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker on the embed queue (one per GPU) or the ocr queue; extra arguments go to Celery."""
     from indexer.worker import run_worker
 
     settings = settings_of(ctx)
     _need_broker(settings)
-    run_worker(settings, celery_args)
+    run_worker(settings, celery_args, queues)
 
 
-COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd]
+COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd, ocr_cmd]

@@ -587,9 +587,10 @@ def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome
     file, which becomes a 'write' failure: the batch is then written again file by file.
     """
     failures = list(outcome.failures)
+    ids: dict[bytes, int] = {}
     try:
         with conn.transaction():
-            _ids, inserted = _write_content(conn, work, outcome)
+            ids, inserted = _write_content(conn, work, outcome)
         written = len(outcome.locations)
     except Exception as exc:
         if not _refused_by_row(exc, conn):
@@ -625,4 +626,5 @@ def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome
         (worker, counts["images_new"], counts["images_known"], counts["ignored"], counts["failed"],
          json.dumps({k: round(v, 4) for k, v in outcome.timings.items()}), work.run_id, work.batch_no))
     counts["finished_run"] = finish_run_if_complete(conn, work.run_id)
+    counts["image_ids"] = sorted(set(ids.values()))   # for the OCR queue (none when written file by file)
     return counts

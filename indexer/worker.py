@@ -1,8 +1,10 @@
-"""The Celery side of indexing: an app made from Settings, its two tasks, and the worker.
+"""The Celery side of indexing: an app made from Settings, its tasks, and the worker.
 
 Run one worker process per GPU with ``clipdex worker``: it consumes the ``embed`` queue with the
 solo pool, so the model lives in the process that runs the batches (CUDA must not be initialised
-in a parent that forks children) and is loaded lazily on the first task. Nothing here runs at
+in a parent that forks children) and is loaded lazily on the first task. Each batch written sends
+the ids of its photos to the ``ocr`` queue, which ``clipdex worker --queues ocr`` consumes on
+as many CPU machines as needed (``--queues embed,ocr`` does both). Nothing here runs at
 import: the app exists once ``make_celery(settings)`` is called (``indexer.celery_app`` does it
 from the environment for Celery's own command line, e.g. Flower).
 """
@@ -17,8 +19,10 @@ from celery.signals import worker_shutdown
 from clipdex.config import Settings
 
 QUEUE = "embed"
+OCR_QUEUE = "ocr"           # reading text: CPU work, so its workers scale apart from the GPU ones
 EMBED_TASK = "clipdex.embed_batch"
 INDEX_TASK = "clipdex.build_vector_index"
+OCR_TASK = "clipdex.read_texts"
 log = logging.getLogger(__name__)
 
 
@@ -60,15 +64,20 @@ def send_index_build(app: Celery, model_id: int) -> None:
     app.send_task(INDEX_TASK, args=(model_id,), queue=QUEUE)
 
 
-def worker_argv(celery_args: tuple[str, ...] = ()) -> list[str]:
-    """The embed queue, the solo pool (the model stays in this process: CUDA must not be
-    initialised in a parent that forks), one batch at a time; then the caller's Celery options."""
-    return ["worker", "-Q", QUEUE, "--pool", "solo", "--concurrency", "1", *celery_args]
+def send_text_reading(app: Celery, run_id: int, image_ids: list[int]) -> None:
+    """The photos a batch wrote, for an OCR worker (ids only; photos already read are skipped)."""
+    app.send_task(OCR_TASK, args=(run_id, image_ids), queue=OCR_QUEUE)
 
 
-def run_worker(settings: Settings, celery_args: tuple[str, ...] = ()) -> None:
+def worker_argv(celery_args: tuple[str, ...] = (), queues: str = QUEUE) -> list[str]:
+    """The queues (embed, ocr or both), the solo pool (the model stays in this process: CUDA must
+    not be initialised in a parent that forks), one task at a time; then the caller's Celery options."""
+    return ["worker", "-Q", queues, "--pool", "solo", "--concurrency", "1", *celery_args]
+
+
+def run_worker(settings: Settings, celery_args: tuple[str, ...] = (), queues: str = QUEUE) -> None:
     """A worker in this process, on an app made from these settings."""
-    make_celery(settings).worker_main(worker_argv(celery_args))
+    make_celery(settings).worker_main(worker_argv(celery_args, queues))
 
 
 _runtime = None
@@ -82,6 +91,19 @@ def _worker_runtime(settings: Settings):
 
         _runtime = Runtime(settings)
     return _runtime
+
+
+_ocr = None
+
+
+def _ocr_engine():
+    """The process's OCR engine, loaded on the first photo it reads."""
+    global _ocr
+    if _ocr is None:
+        from indexer.ocr import OcrEngine
+
+        _ocr = OcrEngine()
+    return _ocr
 
 
 @worker_shutdown.connect
@@ -122,12 +144,31 @@ def _register_tasks(app: Celery) -> None:
         """Indexes one stored batch. Safe to run twice: a batch that is done is skipped."""
         from indexer.batch import process_batch
 
-        result = process_batch(_worker_runtime(app.conf.clipdex_settings), run_id, batch_no)
+        settings = app.conf.clipdex_settings
+        result = process_batch(_worker_runtime(settings), run_id, batch_no)
         if result is not None:
             result.pop("timings", None)
+            image_ids = result.pop("image_ids", [])
+            if settings.ocr and image_ids:
+                send_text_reading(app, run_id, image_ids)
             if result["build_index"] is not None:
                 send_index_build(app, result["build_index"])
         return result
+
+    @app.task(name=OCR_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
+              retry_backoff=True, retry_backoff_max=30, max_retries=None)
+    def read_texts(run_id: int, image_ids: list[int]) -> dict:
+        """Reads the text of these photos (those not read yet); a photo that cannot be read is a
+        failure of stage 'ocr' in the run's list. Safe to run twice: rows are per (photo, engine)."""
+        from clipdex.database import open_database
+        from clipdex.roots import known_roots
+        from indexer.ocr_run import Scope, read_texts as read
+
+        settings = app.conf.clipdex_settings
+        with open_database(settings, repair_indexes=False).connect(autocommit=True) as conn:
+            summary = read(settings, conn, _ocr_engine(), known_roots(conn), Scope(image_ids=tuple(image_ids)),
+                           run_id=run_id, out=None)
+        return {"read": summary.read, "with_text": summary.with_text, "failed": summary.failed}
 
     @app.task(name=INDEX_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, max_retries=None)

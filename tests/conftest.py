@@ -100,6 +100,7 @@ def settings(database_url, tiny_model_dir, tmp_path) -> Settings:
         database_url=database_url,
         model=f"local-dir:{tiny_model_dir}",
         device="cpu",
+        ocr=False,    # OCR costs about a second a photo here; tests/test_ocr.py turns it on
     )
 
 
@@ -141,6 +142,7 @@ def redis_url():
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPDEX_")}
+    full_env["CLIPDEX_OCR"] = "false"    # unless the test says otherwise: tests/test_ocr.py does
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "clipdex.cli", *args],
@@ -159,7 +161,7 @@ def library(pg_url, template_url, tiny_model_dir, tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("library")
     settings = Settings(home=tmp_path / "home", database_url=fresh_database(pg_url, "library"),
-                        model=f"local-dir:{tiny_model_dir}", device="cpu")
+                        model=f"local-dir:{tiny_model_dir}", device="cpu", ocr=False)
     db = database.open_database(settings)
     root = tmp_path / "lib"
     L.takeout_library(root / "export")

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -28,8 +30,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(library, tmp_path_factory):
     settings, _db, _root = library
+    with serving(settings, tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        yield base
+
+
+@contextmanager
+def serving(settings, log: Path):
+    """`clipdex serve` as a real process on a free port; yields its base address."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = settings.replace(web_port=port).child_environ()
     proc = subprocess.Popen([sys.executable, "-m", "clipdex.cli", "serve", "--threads", "4"], env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -43,9 +51,11 @@ def server(library, tmp_path_factory):
             if proc.poll() is not None:
                 raise AssertionError(log.read_text())
             time.sleep(0.2)
-    yield base
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=20)
+    try:
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ import psycopg
 from clipdex.config import Settings
 
 
-def start_worker(settings: Settings, name: str, log_dir: Path, extra_env: dict[str, str] | None = None
-                 ) -> subprocess.Popen:
+def start_worker(settings: Settings, name: str, log_dir: Path, extra_env: dict[str, str] | None = None,
+                 queues: str = "embed") -> subprocess.Popen:
     env = settings.child_environ()
     env.update(extra_env or {})
     log = open(log_dir / f"worker-{name}.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "clipdex.cli", "worker", "-n", f"{name}@%h", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "--loglevel", "INFO"],
+        [sys.executable, "-m", "clipdex.cli", "worker", "--queues", queues, "-n", f"{name}@%h", "--without-gossip",
+         "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

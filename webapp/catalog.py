@@ -21,12 +21,12 @@ def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
     row = conn.execute(
         "SELECT id, taken_at, taken_at_source, utc_offset_minutes, width, height, orientation, format, "
         "byte_size, camera_make, camera_model, latitude, longitude, favorite, description, source, "
-        "sources, album, root, path, copies, extra, sha256 FROM photos WHERE id = %s", (image_id,)).fetchone()
+        "sources, album, root, path, copies, extra, sha256, ocr_text FROM photos WHERE id = %s", (image_id,)).fetchone()
     if row is None:
         raise NotFound(f"there is no image {image_id}")
     names = ["id", "taken_at", "taken_at_source", "utc_offset_minutes", "width", "height", "orientation",
              "format", "byte_size", "camera_make", "camera_model", "latitude", "longitude", "favorite",
-             "description", "source", "sources", "album", "root", "path", "copies", "extra", "sha256"]
+             "description", "source", "sources", "album", "root", "path", "copies", "extra", "sha256", "ocr_text"]
     detail = dict(zip(names, row))
     detail["taken_at"] = detail["taken_at"].isoformat() if detail["taken_at"] else None
     detail["locations"] = [

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from clipdex.search.errors import QueryError
-from clipdex.search.request import MAX_ID, MAX_PAGE
+from clipdex.search.filters import check_text
+from clipdex.search.words import query_words
+from clipdex.search.request import MAX_ID, MAX_PAGE, MAX_TERMS, MAX_TEXT_LENGTH
 
 NOT_OURS = "cursor: not a cursor this server handed out"
 
@@ -63,10 +65,18 @@ class Cursor:
     limit: int
     distance: float
     image_id: int
+    # A hybrid search: its phrases, the tier of the last row (0: the phrase is written in the
+    # photo, 1: the rest), and whether the rest is left out (mode=text).
+    phrases: tuple[str, ...] = ()
+    tier: int = 0
+    written_only: bool = False
 
     def encode(self) -> str:
         vector = base64.urlsafe_b64encode(self.vector.astype("<f2").tobytes()).decode()
-        return _pack({"v": vector, "f": self.filters, "k": self.limit, "d": self.distance, "i": self.image_id})
+        payload = {"v": vector, "f": self.filters, "k": self.limit, "d": self.distance, "i": self.image_id}
+        if self.phrases:
+            payload.update(w=list(self.phrases), t=self.tier, o=self.written_only)
+        return _pack(payload)
 
     @classmethod
     def decode(cls, text: str, dim: int) -> "Cursor":
@@ -80,7 +90,16 @@ class Cursor:
         try:
             vector = np.frombuffer(base64.urlsafe_b64decode(data["v"]), dtype="<f2").astype(np.float32)
             filters, limit = _filters_and_limit(data)
-            cursor = cls(vector, filters, limit, float(data["d"]), _image_id(data["i"]))
+            phrases = tuple(str(p) for p in data.get("w", []))
+            tier = int(data.get("t", 0))
+            if tier not in (0, 1) or len(phrases) > MAX_TERMS or any(len(p) > MAX_TEXT_LENGTH for p in phrases):
+                raise ValueError("not a hybrid cursor")
+            for phrase in phrases:
+                check_text("cursor", phrase)
+                if not query_words(phrase):
+                    raise ValueError("a phrase with no words")
+            cursor = cls(vector, filters, limit, float(data["d"]), _image_id(data["i"]), phrases, tier,
+                         bool(data.get("o", False)))
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, OverflowError):
             raise QueryError(NOT_OURS) from None
         if len(cursor.vector) != dim or not np.all(np.isfinite(cursor.vector)):

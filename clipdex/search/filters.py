@@ -1,5 +1,5 @@
 """The filter language: metadata conditions on photos, parsed from request parameters, turned
-into parameterised SQL over ``images i`` (and ``locations l`` through EXISTS)."""
+into parameterised SQL over ``images i`` (``locations l`` and ``image_texts t`` through EXISTS)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from clipdex.search.errors import QueryError
+from clipdex.search.words import compact, query_words, tsquery_of
 from clipdex.text import printable, unstorable_reason
 from clipdex.vocabulary import FORMAT_NAMES, IMAGE_FORMATS, ORIENTATIONS, SOURCE_KINDS
+
+
+MAX_PHRASE = 200          # characters of a text filter
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -63,6 +67,17 @@ def _split_values(values: Iterable[str]) -> list[str]:
     return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
 
 
+def written_in_photo(phrases: Sequence[str]) -> tuple[str, list[Any]]:
+    """SQL over ``images i``: the photo's recognised text holds one of ``phrases``. The GIN index
+    finds the photos holding every word of a phrase; the check on the text without spaces keeps
+    those where the words stand together, as typed."""
+    tests, params = [], []
+    for phrase in phrases:
+        tests.append("(t.words @@ %s::tsquery AND strpos(t.compact, %s) > 0)")
+        params += [tsquery_of(query_words(phrase)), compact(phrase)]
+    return f"EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND ({' OR '.join(tests)}))", params
+
+
 @dataclass(frozen=True)
 class Filters:
     """Metadata filters, all combinable (AND)."""
@@ -82,9 +97,14 @@ class Filters:
     favorite: bool | None = None
     path: str | None = None              # "root/relative/prefix"
     exclude: tuple[int, ...] = ()        # image ids to leave out (the photo itself, for "more like this")
+    text: str | None = None              # words that must be written in the photo (OCR)
+    # Set by the search service for a hybrid search, never parsed from a request: the photo's
+    # text holds one of these phrases / none of them (the two tiers of a hybrid ranking).
+    written: tuple[str, ...] = ()
+    unwritten: tuple[str, ...] = ()
 
     NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
-             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude")
+             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude", "text")
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]]) -> "Filters":
@@ -152,12 +172,20 @@ class Filters:
                 raise QueryError(f"exclude: expected image ids, got {text!r}")
             excluded.append(int(text))
         values["exclude"] = tuple(dict.fromkeys(excluded))
+        if (v := one("text")) is not None:
+            if len(v) > MAX_PHRASE:
+                raise QueryError(f"text: at most {MAX_PHRASE} characters", field="text")
+            if not query_words(v):
+                raise QueryError(f"text: {v!r} has no letters or digits to look for", field="text")
+            values["text"] = v.strip()
         return cls(**values)
 
     def to_params(self) -> dict[str, list[str]]:
         """The inverse of parse, for cursors and links."""
         out: dict[str, list[str]] = {}
         for f in fields(self):
+            if f.name not in self.NAMES:
+                continue
             value = getattr(self, f.name)
             if value is None or value == ():
                 continue
@@ -211,6 +239,12 @@ class Filters:
         if self.exclude:
             clauses.append("i.id <> ALL(%s)")
             params.append(list(self.exclude))
+        for phrases, negate in (((self.text,) if self.text else (), False), (self.written, False),
+                                (self.unwritten, True)):
+            if phrases:
+                clause, clause_params = written_in_photo(phrases)
+                clauses.append(("NOT " if negate else "") + clause)
+                params += clause_params
         location: list[str] = []
         for value, clause in ((list(self.source), "l.source = ANY(%s)"), (list(self.album), "l.album = ANY(%s)")):
             if value:

@@ -6,6 +6,8 @@ Parameters (each a list of strings):
   q=<text>        a text to look for (repeatable); `red car^2` gives it weight 2
   not=<text>      a text to steer away from (repeatable)
   like=<id>       an indexed image to look like (repeatable, `123^0.5` for a weight)
+  mode=<m>        hybrid (default): photos with the words of q written in them first, then the
+                  rest by the vector; vector: the vector alone; text: only photos holding the words
   limit=<n>       page size, 1..200 (default 40)
   cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
@@ -22,6 +24,7 @@ from typing import Mapping, Sequence
 from clipdex.search.errors import NotFound, QueryError
 from clipdex.search.filters import Filters, check_text
 
+MODES = ("hybrid", "vector", "text")
 MAX_PAGE = 200
 DEFAULT_PAGE = 40
 MAX_TERMS = 16            # texts, negative texts and images together
@@ -116,6 +119,7 @@ class SearchRequest:
     filters: Filters = field(default_factory=Filters)
     limit: int = DEFAULT_PAGE
     cursor: str | None = None
+    mode: str = "hybrid"
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]], uploads: Sequence[bytes] = ()) -> "SearchRequest":
@@ -133,11 +137,14 @@ class SearchRequest:
             image_ids=[parse_like_term(t) for t in params.pop("like", []) if t.strip()],
             uploads=[(data, 1.0) for data in uploads if data])
         limit = parse_limit(next(iter(params.pop("limit", [])), str(DEFAULT_PAGE)))
+        modes = [m.strip() for m in params.pop("mode", []) if m.strip()]
+        if len(modes) > 1 or (modes and modes[0] not in MODES):
+            raise QueryError(f"mode: one of {', '.join(MODES)}", field="mode")
         filters = Filters.parse(params)
-        if cursor is not None and (not spec.browse or filters.active):
+        if cursor is not None and (not spec.browse or filters.active or modes):
             raise QueryError("cursor: a cursor continues an earlier search as it was; give it alone, or "
                              "start a new search without it", field="cursor")
-        request = cls(spec, filters, limit, cursor)
+        request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid")
         if cursor is None:
             spec.check()
         return request

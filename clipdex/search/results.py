@@ -26,12 +26,16 @@ class Hit:
     root: str | None
     path: str | None
     favorite: bool
+    written: bool = False                  # the query's words are written in the photo (OCR)
+    snippet: str | None = None             # the line of its text that holds them
+    marks: list[tuple[int, int]] | None = None   # [start, end) of the words within the snippet
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("score", "distance"):   # JSON has no NaN; a degenerate vector must not break it
             data[key] = data[key] if data[key] is not None and math.isfinite(data[key]) else None
         data["taken_at"] = self.taken_at.isoformat() if self.taken_at else None
+        data["marks"] = [list(m) for m in self.marks] if self.marks else None
         return data
 
 
@@ -53,3 +57,47 @@ def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) ->
         "SELECT p.id, p.taken_at, p.width, p.height, p.format, p.source, p.sources, p.album, p.root, p.path, "
         "p.favorite FROM photos p WHERE p.id = ANY(%s)", ([i for i, _ in rows],))}
     return [Hit(i, None if d is None else 1.0 - d, d, *details[i][1:]) for i, d in rows if i in details]
+
+
+SNIPPET_LENGTH = 80
+
+
+def add_snippets(conn: psycopg.Connection, hits: list[Hit], phrases: tuple[str, ...]) -> None:
+    """For hits whose text holds a phrase: the line that holds it (cut to SNIPPET_LENGTH around
+    it) and where the phrase stands in that line, for the page to highlight."""
+    if not hits:
+        return
+    texts = dict(conn.execute(
+        "SELECT DISTINCT ON (image_id) image_id, text FROM image_texts WHERE image_id = ANY(%s) AND error IS NULL "
+        "ORDER BY image_id, created_at DESC", ([h.id for h in hits],)).fetchall())
+    for hit in hits:
+        for line in (texts.get(hit.id) or "").splitlines():
+            span = next((found for phrase in phrases if (found := locate(line, phrase))), None)
+            if span is None:
+                continue
+            start = max(0, min(span[0] - 20, len(line) - SNIPPET_LENGTH))
+            hit.snippet = line[start:start + SNIPPET_LENGTH]
+            hit.marks = [(span[0] - start, min(span[1] - start, len(hit.snippet)))]
+            break
+
+
+def locate(line: str, phrase: str) -> tuple[int, int] | None:
+    """Where ``phrase`` stands in ``line`` as the text filter compares them (folded, without
+    spaces or punctuation): [start, end) in the line's characters, or None."""
+    from clipdex.search.words import compact
+
+    kept = [(i, compact(ch)) for i, ch in enumerate(line)]
+    kept = [(i, c) for i, c in kept if c]
+    folded = "".join(c for _, c in kept)
+    target = compact(phrase)
+    at = folded.find(target) if target else -1
+    if at < 0:
+        return None
+    # Positions in the folded string back to characters of the line (one character may fold to several).
+    ends, length = [], 0
+    for i, c in kept:
+        length += len(c)
+        ends.append((length, i))
+    first = next(i for end, i in ends if end > at)
+    last = next(i for end, i in ends if end >= at + len(target))
+    return first, last + 1

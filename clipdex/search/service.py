@@ -10,6 +10,7 @@ neither skips nor repeats a result and needs no server state.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from functools import cached_property
 
@@ -23,10 +24,13 @@ from clipdex.search.filters import Filters, check_text
 from clipdex.search.plan import newest_ids, ranked_ids
 from clipdex.search.query_vector import combine, image_vectors, model_row, text_vectors, upload_vectors
 from clipdex.search.request import QuerySpec, SearchRequest
-from clipdex.search.results import Page, load_hits
+from clipdex.search.errors import QueryError
+from clipdex.search.results import Page, add_snippets, load_hits
+from clipdex.search.words import query_words
 
 UPLOAD_MAX_PIXELS = 100_000_000   # an example image for a query needs no more
 SIMILAR_PAGE = 24
+WRITTEN_EXCLUDED_MAX = 1000   # photos holding a query's words that the second tier leaves out by id
 
 
 class SearchService:
@@ -62,12 +66,23 @@ class SearchService:
             filters = Filters.parse(cursor.filters)
             if isinstance(cursor, DateCursor):
                 return self._browse(conn, model_id, filters, cursor.limit, (cursor.taken_at, cursor.image_id))
-            return self._rank(conn, model_id, dim, cursor.vector, filters, cursor.limit,
-                              (cursor.distance, cursor.image_id))
+            after = (cursor.distance, cursor.image_id)
+            if cursor.phrases:
+                return self._rank_hybrid(conn, model_id, dim, cursor.vector, filters, cursor.limit,
+                                         cursor.phrases, cursor.written_only, cursor.tier, after)
+            return self._rank(conn, model_id, dim, cursor.vector, filters, cursor.limit, after)
         spec = request.spec.check()
         if spec.browse:
             return self._browse(conn, model_id, request.filters, request.limit, None)
+        phrases = ()
+        if request.mode != "vector":
+            phrases = tuple(dict.fromkeys(t.strip() for t, w in spec.texts if w > 0 and query_words(t)))
+            if request.mode == "text" and not phrases:
+                raise QueryError("mode=text: give words to look for in the photos (q)", field="mode")
         query = self._query_vector(conn, model_id, dim, spec)
+        if phrases:
+            return self._rank_hybrid(conn, model_id, dim, query, request.filters, request.limit, phrases,
+                                     request.mode == "text", 0, None)
         return self._rank(conn, model_id, dim, query, request.filters, request.limit, None)
 
     def similar(self, conn: psycopg.Connection, image_id: int, limit: int = SIMILAR_PAGE) -> Page:
@@ -85,7 +100,57 @@ class SearchService:
         next_cursor = None
         if more and rows:
             next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
-        return Page(load_hits(conn, rows), next_cursor, strategy)
+        return Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy)
+
+    @staticmethod
+    def _with_snippets(conn: psycopg.Connection, hits: list, filters: Filters) -> list:
+        """Under a `text` filter every hit holds the words: say where."""
+        if filters.text:
+            for hit in hits:
+                hit.written = True
+            add_snippets(conn, hits, (filters.text,))
+        return hits
+
+    def _rank_hybrid(self, conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
+                     limit: int, phrases: tuple[str, ...], written_only: bool, tier: int,
+                     after: tuple[float, int] | None) -> Page:
+        """Words people type are often words in the photo (a shop name, a flight number): the
+        photos whose recognised text holds one of the query's phrases come first, then (unless
+        ``written_only``) every other photo; each tier is ranked by the vector and paged by
+        (distance, id), and the cursor says which tier the page ended in."""
+        where, params = Filters(written=phrases).sql()
+        holding = [r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} LIMIT %s",
+                                              [*params, WRITTEN_EXCLUDED_MAX + 1])]
+        if not holding:   # no photo holds the words (or no text was read): the plain vector ranking
+            return self._rank(conn, model_id, dim, query, filters, limit, after if tier == 1 else None)
+        # The rest leaves out the few photos of the first tier by id (cheap per candidate), or,
+        # when many hold the words, by the same text test negated.
+        rest = (replace(filters, exclude=tuple(dict.fromkeys(filters.exclude + tuple(holding))))
+                if len(holding) <= WRITTEN_EXCLUDED_MAX else replace(filters, unwritten=phrases))
+        rows: list[tuple[int, float, int]] = []
+        strategies = []
+        for this_tier, tier_filters in ((0, replace(filters, written=phrases)), (1, rest)):
+            if this_tier < tier or len(rows) > limit or (this_tier == 1 and written_only):
+                continue
+            found, strategy, _ = ranked_ids(conn, model_id, dim, query, tier_filters, limit + 1 - len(rows),
+                                            after if this_tier == tier else None,
+                                            iterative=self.database.info.iterative_scan,
+                                            ef_search=self.settings.ef_search)
+            rows += [(image_id, distance, this_tier) for image_id, distance in found]
+            strategies.append(("written " if this_tier == 0 else "") + strategy)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more and rows:
+            last_id, last_distance, last_tier = rows[-1]
+            next_cursor = Cursor(query, filters.to_params(), limit, last_distance, last_id, phrases, last_tier,
+                                 written_only).encode()
+        hits = load_hits(conn, [(image_id, distance) for image_id, distance, _ in rows])
+        written = {image_id for image_id, _, t in rows if t == 0}
+        for hit in hits:
+            hit.written = hit.id in written
+        add_snippets(conn, [h for h in hits if h.written], phrases)
+        return Page(hits, next_cursor, ", then ".join(strategies))
 
     def _browse(self, conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
                 after: tuple[datetime | None, int] | None) -> Page:
@@ -95,7 +160,8 @@ class SearchService:
         next_cursor = None
         if more and rows:
             next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
-        return Page(load_hits(conn, [(image_id, None) for image_id, _ in rows]), next_cursor, "newest")
+        return Page(self._with_snippets(conn, load_hits(conn, [(image_id, None) for image_id, _ in rows]), filters),
+                    next_cursor, "newest")
 
     def cache_texts(self, conn: psycopg.Connection, texts: list[str]) -> None:
         """Embeds texts into the text cache, so psql can search by them (`clipdex embed-text`)."""

@@ -33,3 +33,16 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "ArrowRight" && !links.next.hidden) location.href = links.next.href;
   else if (event.key === "Escape") goBack();
 });
+
+// The text OCR read in the photo, copied as it reads (a Wi-Fi password, a booking number).
+for (const button of document.querySelectorAll("button[data-copy]")) {
+  button.addEventListener("click", async () => {
+    const text = document.getElementById(button.dataset.copy).textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Select and copy";   // no clipboard outside https or localhost
+    }
+  });
+}

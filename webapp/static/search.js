@@ -144,6 +144,23 @@ function when(hit) {
   return hit.taken_at ? new Date(hit.taken_at).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" }) : "";
 }
 
+// The line of text read in the photo that holds the words searched for, those words marked.
+// Built from text nodes: the text comes from the photo, never from HTML.
+function snippet(hit) {
+  const line = document.createElement("span");
+  line.className = "snippet";
+  let at = 0;
+  for (const [start, end] of hit.marks || []) {
+    line.append(hit.snippet.slice(at, start));
+    const mark = document.createElement("mark");
+    mark.textContent = hit.snippet.slice(start, end);
+    line.append(mark);
+    at = end;
+  }
+  line.append(hit.snippet.slice(at));
+  return line;
+}
+
 function tile(hit) {
   const cell = document.createElement("div");
   cell.className = "cell";
@@ -165,6 +182,7 @@ function tile(hit) {
   name.textContent = [hit.name, hit.album].filter(Boolean).join(" · ");
   caption.append(date, name);
   a.append(img, caption);
+  if (hit.snippet) a.append(snippet(hit));
   const like = document.createElement("button");
   like.type = "button";
   like.className = "like";
