@@ -76,17 +76,15 @@ class OcrEngine:
     def read_image(self, image: Image.Image) -> ReadText:
         """The text of an upright RGB image, in reading order (top to bottom, left to right)."""
         self._load()
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
         if self.use_gate:
             small = image
             if max(image.size) > GATE_SIDE:
                 small = image.copy()
                 small.thumbnail((GATE_SIDE, GATE_SIDE), Image.Resampling.BILINEAR)
-            small_bgr = np.ascontiguousarray(np.asarray(small.convert("RGB"))[:, :, ::-1])
-            glimpse, _ = self._gate(small_bgr)
+            glimpse, _ = self._gate(_bgr(small))
             if not any(len(str(text).strip()) >= 2 for _box, text, _score in glimpse or []):
                 return ReadText(gated=True)
-        found, _ = self._full(bgr)
+        found, _ = self._full(_bgr(image))
         lines = []
         for box, text, score in found or []:
             text = " ".join(str(text).split())
@@ -111,6 +109,11 @@ class OcrEngine:
             image = image.copy()
             image.thumbnail((OCR_SIDE, OCR_SIDE), Image.Resampling.LANCZOS)
         return self.read_image(image)
+
+
+def _bgr(image: Image.Image) -> np.ndarray:
+    """The pixel layout the engine takes (OpenCV's BGR)."""
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
 
 
 def _reading_order(lines: list[TextLine]):

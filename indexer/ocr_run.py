@@ -73,24 +73,26 @@ class _Outcome:
     copy: tuple | None       # (root, relpath_bytes, relpath, source) the bytes came from, or the first tried
 
 
-def pending(conn: psycopg.Connection, engine: str, scope: Scope, after_id: int, limit: int) -> list[tuple[int, bytes]]:
-    """(id, sha256) of the next photos in ``scope`` with no row of ``engine`` (or a failed one,
-    when retrying), ascending."""
+def _unread(engine: str, scope: Scope) -> tuple[str, list]:
+    """WHERE over ``images i``: in ``scope`` with no row of ``engine`` (or a failed one, when
+    retrying)."""
     where, params = scope.sql()
     done = "t.error IS NULL" if scope.retry_failed else "true"
+    return (f"{where} AND NOT EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id "
+            f"AND t.engine = %s AND {done})", [*params, engine])
+
+
+def pending(conn: psycopg.Connection, engine: str, scope: Scope, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+    """(id, sha256) of the next unread photos in ``scope``, ascending."""
+    where, params = _unread(engine, scope)
     return [(r[0], bytes(r[1])) for r in conn.execute(
-        f"SELECT i.id, i.sha256 FROM images i WHERE i.id > %s AND {where} AND NOT EXISTS "
-        f"(SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND t.engine = %s AND {done}) "
-        "ORDER BY i.id LIMIT %s", [after_id, *params, engine, limit])]
+        f"SELECT i.id, i.sha256 FROM images i WHERE i.id > %s AND {where} ORDER BY i.id LIMIT %s",
+        [after_id, *params, limit])]
 
 
 def count_pending(conn: psycopg.Connection, engine: str, scope: Scope) -> int:
-    where, params = scope.sql()
-    done = "t.error IS NULL" if scope.retry_failed else "true"
-    return conn.execute(
-        f"SELECT count(*) FROM images i WHERE {where} AND NOT EXISTS "
-        f"(SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND t.engine = %s AND {done})",
-        [*params, engine]).fetchone()[0]
+    where, params = _unread(engine, scope)
+    return conn.execute(f"SELECT count(*) FROM images i WHERE {where}", params).fetchone()[0]
 
 
 def _copies(conn: psycopg.Connection, image_ids: list[int]) -> dict[int, list[tuple]]:

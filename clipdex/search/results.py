@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from clipdex.search.words import compact
+
 
 @dataclass
 class Hit:
@@ -84,8 +86,6 @@ def add_snippets(conn: psycopg.Connection, hits: list[Hit], phrases: tuple[str, 
 def locate(line: str, phrase: str) -> tuple[int, int] | None:
     """Where ``phrase`` stands in ``line`` as the text filter compares them (folded, without
     spaces or punctuation): [start, end) in the line's characters, or None."""
-    from clipdex.search.words import compact
-
     kept = [(i, compact(ch)) for i, ch in enumerate(line)]
     kept = [(i, c) for i, c in kept if c]
     folded = "".join(c for _, c in kept)
