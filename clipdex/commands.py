@@ -196,6 +196,8 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
             click.echo(f"  {s.source:8} seen {s.seen}, unchanged {s.unchanged}, skipped {s.skipped}"
                        f"{failed_before}, queued {s.queued}, done {s.processed}, new {s.new}, "
                        f"duplicates {s.duplicates}, not images {s.ignored}, failed {s.failed}, gone {s.gone}")
+        if run.text:
+            click.echo(f"  {run.text.line()}")
         if run.scan_failures:
             click.echo(f"  {status.plural(run.scan_failures, 'path')} could not be scanned")
         for error in run.errors:
@@ -221,10 +223,12 @@ def _run_line(run) -> str:
               help="An example image file (repeatable).")
 @click.option("--like", "likes", multiple=True, help="An indexed image id to look like (`12^0.5` weighs it).")
 @click.option("--not", "negatives", multiple=True, help="A text to steer away from (repeatable).")
-@click.option("--text", "written", help="Words written in the photo (read by OCR): only photos holding them.")
+@click.option("--text", "written", help="Words in the photo (read by OCR), its caption, album or file name: "
+                                        "only photos holding them.")
 @click.option("--mode", type=click.Choice(["hybrid", "vector", "text"]), default=None,
-              help="hybrid (default): photos with the words of TEXTS written in them first; vector: the "
-                   "vector alone; text: only photos holding the words.")
+              help="hybrid (default): photos with the words of TEXTS written in them or in their caption "
+                   "first, then in an album or file name, then the rest; vector: the vector alone; text: "
+                   "only photos holding the words.")
 @click.option("--filter", "-f", "filters", multiple=True, metavar="NAME=VALUE",
               help="A filter, e.g. -f taken_from=2023-01-01 -f source=iphone -f orientation=portrait.")
 @click.option("--limit", default=20, show_default=True)

@@ -37,6 +37,22 @@ class SourceStatus:
 
 
 @dataclass
+class TextProgress:
+    """How far the OCR stage is over a run's photos (those whose files the run wrote)."""
+
+    photos: int
+    read: int          # text read (with or without any found)
+    with_text: int
+    failed: int
+
+    def line(self) -> str:
+        line = (f"text in photos: read {self.read} of {plural(self.photos, 'photo')}, {self.with_text} with text, "
+                f"{self.failed} failed")
+        return line + (f", {self.photos - self.read - self.failed} to read" if self.read + self.failed < self.photos
+                       else "")
+
+
+@dataclass
 class RunStatus:
     id: int
     mode: str
@@ -55,6 +71,8 @@ class RunStatus:
     busy_seconds: float | None = None   # first batch start to last batch finish
     sources: list[SourceStatus] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    text: TextProgress | None = None    # the OCR stage over the photos this run wrote
+
 
     @property
     def state(self) -> str:
@@ -141,9 +159,23 @@ ORDER BY s.source
 """
 
 
+_TEXT_PROGRESS = """
+SELECT count(*), count(*) FILTER (WHERE t.ok), count(*) FILTER (WHERE t.found),
+       count(*) FILTER (WHERE t.failed AND NOT coalesce(t.ok, false))
+FROM (SELECT DISTINCT image_id FROM locations WHERE run_id = %s) p
+LEFT JOIN LATERAL (SELECT bool_or(x.error IS NULL) AS ok, bool_or(x.error IS NULL AND x.text <> '') AS found,
+                          bool_or(x.error IS NOT NULL) AS failed
+                   FROM image_texts x WHERE x.image_id = p.image_id) t ON true
+"""
+
+
 def _run_from_row(conn: psycopg.Connection, row: tuple) -> RunStatus:
     *fields, seconds, errors = row
     run = RunStatus(*fields, busy_seconds=float(seconds) if seconds is not None else None)
+    progress = TextProgress(*conn.execute(_TEXT_PROGRESS, (run.id,)).fetchone())
+    # A run before any photo's text was read, or with OCR off, says nothing about it.
+    if progress.read or progress.failed:
+        run.text = progress
     # A source the scan met but that gave nothing to do or tell is not worth a row of zeros.
     run.sources = [s for s in (SourceStatus(*r) for r in conn.execute(_SOURCES, (run.id,)))
                    if s.seen or s.gone or s.queued]

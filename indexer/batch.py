@@ -40,7 +40,7 @@ def _location(p: Known | New, source: str) -> store.LocationRow:
     if p.task.hints.get("hash_mismatch"):
         meta["hash_mismatch"] = True
     return store.LocationRow(p.file.sha256, p.task.relpath, source, p.info.album, p.file.size, p.file.mtime_ns,
-                             meta, p.file.inode)
+                             meta, p.file.inode, p.info.description)
 
 
 def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],

@@ -106,7 +106,8 @@ def _read_texts(settings: Settings, database, scope, *, run_id: int | None = Non
     from indexer.ocr_run import read_texts
 
     with database.connect(autocommit=True) as conn:
-        summary = read_texts(settings, conn, OcrEngine(), known_roots(conn), scope, run_id=run_id, out=sys.stderr)
+        summary = read_texts(settings, conn, OcrEngine(device=settings.device), known_roots(conn), scope,
+                             run_id=run_id, out=sys.stderr)
     if summary.read or summary.failed:
         click.echo(f"read the text of {plural(summary.read, 'photo')}: {summary.with_text} with text, "
                    f"{summary.failed} failed, in {duration(summary.seconds)}")

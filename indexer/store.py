@@ -23,6 +23,7 @@ import psycopg
 from pgvector import HalfVector
 
 from clipdex.roots import display_path
+from clipdex.search.words import name_words
 from clipdex.text import storable, storable_json
 from indexer.metadata import ImageFacts
 from indexer.sources import FileTask
@@ -353,6 +354,7 @@ class LocationRow:
     mtime_ns: int
     source_meta: dict[str, Any]
     inode: int | None = None
+    caption: str | None = None       # the export's description of this copy: searchable by its words
 
 
 Failure = tuple[bytes, str, str, "int | None", "int | None"]   # path, stage, reason, size, mtime
@@ -479,22 +481,27 @@ def _write_locations(conn: psycopg.Connection, work: BatchWork, locations: list[
     # with no copy anywhere, and a search must not offer a photo that exists nowhere.
     previous = [r[0] for r in conn.execute(
         "SELECT image_id FROM locations WHERE root = %s AND relpath_bytes = ANY(%b)", (work.root, paths))]
+    shown = [storable(display_path(p)) for p in paths]
+    names = [name_words(_text(loc.caption), _text(loc.album), path) for loc, path in zip(locations, shown)]
     conn.execute(
         "INSERT INTO locations AS l (image_id, root, relpath, relpath_bytes, source, album, byte_size, "
-        "mtime_ns, inode, source_meta, run_id) "
+        "mtime_ns, inode, source_meta, run_id, words, words_compact) "
         "SELECT n.image_id, %s, n.relpath, n.relpath_bytes, n.source, n.album, n.byte_size, n.mtime_ns, "
-        "n.inode, n.source_meta, %s FROM unnest(%s::bigint[], %s::text[], %b::bytea[], %s::text[], "
-        "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::jsonb[]) AS n(image_id, relpath, "
-        "relpath_bytes, source, album, byte_size, mtime_ns, inode, source_meta) "
+        "n.inode, n.source_meta, %s, n.words::tsvector, n.words_compact FROM unnest(%s::bigint[], %s::text[], "
+        "%b::bytea[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::jsonb[], "
+        "%s::text[], %s::text[]) AS n(image_id, relpath, relpath_bytes, source, album, byte_size, mtime_ns, "
+        "inode, source_meta, words, words_compact) "
         "ON CONFLICT (root, relpath_bytes) DO UPDATE SET image_id = EXCLUDED.image_id, "
         "source = EXCLUDED.source, album = EXCLUDED.album, byte_size = EXCLUDED.byte_size, "
         "mtime_ns = EXCLUDED.mtime_ns, inode = EXCLUDED.inode, source_meta = EXCLUDED.source_meta, "
-        "run_id = EXCLUDED.run_id, updated_at = now()",
+        "run_id = EXCLUDED.run_id, words = EXCLUDED.words, words_compact = EXCLUDED.words_compact, "
+        "updated_at = now()",
         (work.root, work.run_id, [ids[loc.sha256] for loc in locations],
-         [storable(display_path(p)) for p in paths], paths, [loc.source for loc in locations],
+         shown, paths, [loc.source for loc in locations],
          [_text(loc.album) for loc in locations], [loc.byte_size for loc in locations],
          [loc.mtime_ns for loc in locations], [loc.inode for loc in locations],
-         [json.dumps(storable_json(loc.source_meta)) for loc in locations]))
+         [json.dumps(storable_json(loc.source_meta)) for loc in locations],
+         [w for w, _ in names], [c for _, c in names]))
     # A path that now holds an image is no longer a skipped non-image.
     conn.execute("DELETE FROM skipped_files WHERE root = %s AND relpath_bytes = ANY(%b)", (work.root, paths))
     delete_orphan_images(conn, previous)

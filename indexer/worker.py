@@ -96,13 +96,13 @@ def _worker_runtime(settings: Settings):
 _ocr = None
 
 
-def _ocr_engine():
+def _ocr_engine(settings: Settings):
     """The process's OCR engine, loaded on the first photo it reads."""
     global _ocr
     if _ocr is None:
         from indexer.ocr import OcrEngine
 
-        _ocr = OcrEngine()
+        _ocr = OcrEngine(device=settings.device)
     return _ocr
 
 
@@ -166,7 +166,7 @@ def _register_tasks(app: Celery) -> None:
 
         settings = app.conf.clipdex_settings
         with open_database(settings, repair_indexes=False).connect(autocommit=True) as conn:
-            summary = read(settings, conn, _ocr_engine(), known_roots(conn), Scope(image_ids=tuple(image_ids)),
+            summary = read(settings, conn, _ocr_engine(settings), known_roots(conn), Scope(image_ids=tuple(image_ids)),
                            run_id=run_id, out=None)
         return {"read": summary.read, "with_text": summary.with_text, "failed": summary.failed}
 

@@ -7,6 +7,7 @@ isolated and still run the real migrations.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -169,3 +170,20 @@ def library(pg_url, template_url, tiny_model_dir, tmp_path_factory):
     L.qq_library(root / "chat")
     index_folder(settings, db, root, out=None)
     return settings, db, root
+
+
+@contextlib.contextmanager
+def read_only_role(url: str):
+    """A role that may read every table and nothing more, as README's SQL makes one; yields its URL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS clipdex_reader_test")
+        conn.execute("CREATE ROLE clipdex_reader_test LOGIN")
+        conn.execute("GRANT USAGE ON SCHEMA public TO clipdex_reader_test")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO clipdex_reader_test")
+    try:
+        yield url.replace("postgresql://postgres:@", "postgresql://clipdex_reader_test:@")
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM clipdex_reader_test")
+            conn.execute("REVOKE ALL ON SCHEMA public FROM clipdex_reader_test")
+            conn.execute("DROP ROLE clipdex_reader_test")

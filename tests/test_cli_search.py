@@ -122,3 +122,48 @@ def test_db_index_says_what_it_did(library):
     settings, _db, _root = library
     out = run_cli("db", "index", env=settings.to_environ()).stdout
     assert "embeddings_hnsw_model_1 already there" in out
+
+
+def _json_search(env: dict, *args: str) -> tuple[list[dict], dict]:
+    lines = run_cli("search", *args, "--json", env=env).stdout.splitlines()
+    return [json.loads(line) for line in lines[:-1]], json.loads(lines[-1])
+
+
+def test_captions_albums_and_file_names_are_searched_by_their_words(library):
+    settings, _db, _root = library
+    env = settings.to_environ()
+    with psycopg.connect(settings.database_url) as conn:
+        ids = {relpath.rsplit("/", 2)[-2] + "/" + relpath.rsplit("/", 1)[-1]: image_id
+               for relpath, image_id in conn.execute("SELECT relpath, image_id FROM locations")}
+        total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    beach, later = ids["Photos from 2023/IMG_1234.JPG"], ids["Trip to Gdańsk/IMG_9999.jpg"]
+    assert ids["Trip to Gdańsk/IMG_1234.JPG"] == beach           # the same bytes in the album
+
+    caption, _ = _json_search(env, "--text", "du texte")          # the sidecar's description
+    assert [h["id"] for h in caption] == [beach]
+    assert caption[0]["snippet_from"] == "caption" and caption[0]["snippet"] == "Ici c'est du texte"
+    assert caption[0]["marks"] == [[10, 18]]
+    album, _ = _json_search(env, "--text", "GDAŃSK")                 # an album, any case
+    assert sorted(h["id"] for h in album) == sorted({beach, later})
+    named, _ = _json_search(env, "--text", "MVIMG_20191230")        # a file name, without its extension
+    assert [h["id"] for h in named] == [ids["Photos from 2023/MVIMG_20191230_232926.jpg"]]
+    assert named[0]["snippet_from"] == "file name" and named[0]["snippet"] == "MVIMG_20191230_232926.jpg"
+    assert _json_search(env, "--text", "texte du")[0] == []          # the words, not that phrase
+
+    # A query: the photo with the words in its caption, then those with them in an album name,
+    # then every other photo; pages of one neither repeat nor skip across the tiers.
+    hits, tail = _json_search(env, "trip to gdańsk du texte", "--mode", "vector")
+    assert not any(h["written"] for h in hits)
+    seen, tiers = [], []
+    page, tail = _json_search(env, "du texte", "trip to Gdańsk", "--limit", "1")
+    while True:
+        seen += [h["id"] for h in page]
+        tiers += [h["snippet_from"] for h in page]
+        if not tail["next_cursor"]:
+            break
+        page, tail = _json_search(env, "--cursor", tail["next_cursor"])
+    assert seen[0] == beach and tiers[0] == "caption"
+    assert seen[1] == later and tiers[1] == "album"
+    assert len(seen) == len(set(seen)) == total and tiers[2:] == [None] * (total - 2)
+    _, first_tail = _json_search(env, "du texte", "trip to Gdańsk")
+    assert first_tail["strategy"].startswith("written exact, then named exact, then ")

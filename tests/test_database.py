@@ -29,6 +29,23 @@ def test_upgrade_downgrade_upgrade_round_trip(database_url):
         assert database.current_revision(conn) == database.head_revision()
 
 
+def test_the_upgrade_makes_the_names_of_stored_photos_searchable(database_url):
+    """Migration 0008 fills in the words of the locations indexed before it."""
+    database.downgrade(database_url, "0007")
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO roots (name, path) VALUES ('r', '/r')")
+        image_id = conn.execute(
+            "INSERT INTO images (sha256, format, width, height, byte_size, description) "
+            "VALUES (sha256('x'), 'jpeg', 1, 1, 1, '京都的日落') RETURNING id").fetchone()[0]
+        conn.execute("INSERT INTO locations (image_id, root, relpath, relpath_bytes, source, album, byte_size, "
+                     "mtime_ns) VALUES (%s, 'r', 'a/IMG_7.JPG', 'a/IMG_7.JPG', 'folder', 'Trip', 1, 1)", (image_id,))
+    database.upgrade(database_url)
+    with psycopg.connect(database_url) as conn:
+        words, compact = conn.execute("SELECT words::text, words_compact FROM locations").fetchone()
+    assert compact == "京都的日落|trip|img7"
+    assert "'京都':1B" in words and "'trip':2C" in words and "'img':3 " in words   # D, the default weight, goes unprinted
+
+
 def test_per_model_hnsw_index(database_url):
     with psycopg.connect(database_url) as conn:
         model_id = conn.execute("INSERT INTO models (name, dim) VALUES ('m', 3) RETURNING id").fetchone()[0]

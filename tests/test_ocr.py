@@ -95,6 +95,16 @@ def test_index_reads_the_text_and_search_finds_it(read_library):
     assert texts["phone/sky.jpg"] == ""
 
     assert "text in photos: read 5 of 5 photos, 4 with text, 0 failed" in run_cli("status", env=env).stdout
+    # Per run too: in `clipdex status RUN`, its JSON and the status page.
+    from webapp import create_app
+
+    with psycopg.connect(settings.database_url) as conn:
+        run_id = conn.execute("SELECT max(id) FROM ingest_runs").fetchone()[0]
+    assert "  text in photos: read 5 of 5 photos, 4 with text, 0 failed\n" in run_cli("status", str(run_id), env=env).stdout
+    as_json = json.loads(run_cli("status", str(run_id), "--json", env=env).stdout)
+    assert as_json["text"] == {"photos": 5, "read": 5, "with_text": 4, "failed": 0}
+    page = create_app(settings).test_client().get(f"/status/{run_id}").get_data(as_text=True)
+    assert "text in photos: read 5 of 5 photos, 4 with text, 0 failed" in page
     assert found(env, "--text", "发票") == [ids["chat/receipt.png"]]
     assert found(env, "--text", "發票") == [ids["chat/receipt.png"]]         # Traditional finds Simplified
     assert found(env, "--text", "台湾高铁") == [ids["chat/traditional.png"]]  # and the other way round
@@ -129,6 +139,26 @@ def test_the_api_and_psql_find_the_words(read_library):
         assert [r[0] for r in rows] == [ids["chat/boarding.png"]] and "MU5137" in rows[0][1]
         assert conn.execute("SELECT ocr_text FROM photos WHERE id = %s",
                             (ids["chat/receipt.png"],)).fetchone()[0].startswith("发票")
+
+
+def test_a_read_only_role_searches_the_words(read_library):
+    from tests.conftest import read_only_role
+    from webapp import create_app
+
+    settings, env, _root, _indexed = read_library
+    ids = ids_by_name(settings.database_url)
+    with read_only_role(settings.database_url) as reader_url:
+        client = create_app(settings.replace(database_url=reader_url)).test_client()
+        body = client.get("/api/search?text=發票").get_json()
+        assert [hit["id"] for hit in body["results"]] == [ids["chat/receipt.png"]]
+        first = client.get("/api/search?q=starbucks&limit=2").get_json()
+        assert first["results"][0]["id"] == ids["phone/sideways.jpg"] and first["results"][0]["written"]
+        rest = client.get("/api/search?cursor=" + first["next_cursor"]).get_json()["results"]
+        assert rest and not any(hit["written"] for hit in rest)
+        reader_env = {**env, "CLIPDEX_DATABASE_URL": reader_url}
+        assert found(reader_env, "--text", "MU5137") == [ids["chat/boarding.png"]]
+        with psycopg.connect(reader_url) as conn:
+            assert [r[0] for r in conn.execute("SELECT id FROM search_ocr('04412938')")] == [ids["chat/receipt.png"]]
 
 
 def search_json(env: dict, *args: str) -> tuple[list[dict], dict]:
@@ -175,6 +205,13 @@ def test_the_page_highlights_the_words_under_the_photo_and_the_detail_page_shows
         assert first.get_attribute("data-id") == str(ids["chat/boarding.png"])
         assert first.locator(".snippet").inner_text() == "Flight MU5137"
         assert first.locator(".snippet mark").inner_text() == "MU5137"
+        # Words in a file name: the name, labelled, under the photo.
+        page.goto(base + "/?q=boarding")
+        page.wait_for_selector(".tile .snippet mark")
+        first = page.locator(".tile").first
+        assert first.get_attribute("data-id") == str(ids["chat/boarding.png"])
+        assert first.locator(".snippet").inner_text() == "file name: boarding.png"
+        assert first.locator(".snippet mark").inner_text() == "boarding"
         page.goto(f"{base}/images/{ids['chat/receipt.png']}")
         assert "04412938" in page.locator("#ocr-text").inner_text()
 
@@ -202,9 +239,10 @@ def test_a_second_pass_reads_nothing_and_a_changed_file_is_an_ocr_failure(read_l
 
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         run_id = conn.execute("SELECT max(id) FROM ingest_runs").fetchone()[0]
-        summary = read_texts(settings, conn, OcrEngine(), known_roots(conn), Scope(retry_failed=True),
+        engine = OcrEngine(device="auto")     # no onnxruntime-gpu here: the CPU provider reads
+        summary = read_texts(settings, conn, engine, known_roots(conn), Scope(retry_failed=True),
                              run_id=run_id, out=None)
-    assert (summary.read, summary.failed) == (0, 1)
+    assert (summary.read, summary.failed) == (0, 1) and engine.provider == "cpu"
     listed = run_cli("status", str(run_id), "--failures", env=env).stdout
     assert "ocr" in listed and "changed since it was indexed" in listed and "boarding.png" in listed
     # The photo stays searchable by its vector.

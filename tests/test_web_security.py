@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from tests import libraries as L
-from tests.conftest import run_cli
+from tests.conftest import read_only_role, run_cli
 from webapp import create_app
 from webapp.security import InMemoryUploadRequest
 from webapp.server import Refused, check_exposure, is_loopback
@@ -197,13 +197,7 @@ def test_schemathesis_finds_no_server_error(app):
 
 def test_a_read_only_role_can_search_and_page(library, pg_url):
     settings, db, _root = library
-    with psycopg.connect(db.url, autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS clipdex_reader_test")
-        conn.execute("CREATE ROLE clipdex_reader_test LOGIN")
-        conn.execute("GRANT USAGE ON SCHEMA public TO clipdex_reader_test")
-        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO clipdex_reader_test")
-    try:
-        reader_url = db.url.replace("postgresql://postgres:@", "postgresql://clipdex_reader_test:@")
+    with read_only_role(db.url) as reader_url:
         client = create_app(settings.replace(database_url=reader_url)).test_client()
         page = client.get("/api/search?q=a+never+cached+sentence&limit=5")
         assert page.status_code == 200 and len(page.get_json()["results"]) == 5
@@ -215,11 +209,6 @@ def test_a_read_only_role_can_search_and_page(library, pg_url):
         with psycopg.connect(reader_url) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("DELETE FROM images")
-    finally:
-        with psycopg.connect(db.url, autocommit=True) as conn:
-            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM clipdex_reader_test")
-            conn.execute("REVOKE ALL ON SCHEMA public FROM clipdex_reader_test")
-            conn.execute("DROP ROLE clipdex_reader_test")
 
 
 def test_originals_are_served_only_from_the_file_that_was_indexed(settings, db, tmp_path):

@@ -65,17 +65,18 @@ class Cursor:
     limit: int
     distance: float
     image_id: int
-    # A hybrid search: its phrases, the tier of the last row (0: the phrase is written in the
-    # photo, 1: the rest), and whether the rest is left out (mode=text).
+    # A hybrid search: its phrases, the tier of the last row (0: a phrase is written in the photo
+    # or its caption, 1: only in an album or file name, 2: the rest), and whether the rest is
+    # left out (mode=text).
     phrases: tuple[str, ...] = ()
     tier: int = 0
-    written_only: bool = False
+    words_only: bool = False
 
     def encode(self) -> str:
         vector = base64.urlsafe_b64encode(self.vector.astype("<f2").tobytes()).decode()
         payload = {"v": vector, "f": self.filters, "k": self.limit, "d": self.distance, "i": self.image_id}
         if self.phrases:
-            payload.update(w=list(self.phrases), t=self.tier, o=self.written_only)
+            payload.update(w=list(self.phrases), h=self.tier, o=self.words_only)
         return _pack(payload)
 
     @classmethod
@@ -91,8 +92,9 @@ class Cursor:
             vector = np.frombuffer(base64.urlsafe_b64decode(data["v"]), dtype="<f2").astype(np.float32)
             filters, limit = _filters_and_limit(data)
             phrases = tuple(str(p) for p in data.get("w", []))
-            tier = int(data.get("t", 0))
-            if tier not in (0, 1) or len(phrases) > MAX_TERMS or any(len(p) > MAX_TEXT_LENGTH for p in phrases):
+            # "t" is the two-tier cursor of clipdex before names were searched: its 1 was the rest.
+            tier = int(data["h"]) if "h" in data else {0: 0, 1: 2}.get(int(data.get("t", 0)), -1)
+            if tier not in (0, 1, 2) or len(phrases) > MAX_TERMS or any(len(p) > MAX_TEXT_LENGTH for p in phrases):
                 raise ValueError("not a hybrid cursor")
             for phrase in phrases:
                 check_text("cursor", phrase)

@@ -10,7 +10,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from clipdex.search.errors import QueryError
-from clipdex.search.words import compact, query_words, tsquery_of
+from clipdex.search.words import CAPTION_WEIGHT, compact, query_words, tsquery_of
 from clipdex.text import printable, unstorable_reason
 from clipdex.vocabulary import FORMAT_NAMES, IMAGE_FORMATS, ORIENTATIONS, SOURCE_KINDS
 
@@ -67,15 +67,53 @@ def _split_values(values: Iterable[str]) -> list[str]:
     return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
 
 
-def written_in_photo(phrases: Sequence[str]) -> tuple[str, list[Any]]:
-    """SQL over ``images i``: the photo's recognised text holds one of ``phrases``. The GIN index
-    finds the photos holding every word of a phrase; the check on the text without spaces keeps
-    those where the words stand together, as typed."""
+def _phrase_tests(alias: str, phrases: Sequence[str], compact_sql: str, weights: str = "") -> tuple[str, list[Any]]:
     tests, params = [], []
     for phrase in phrases:
-        tests.append("(t.words @@ %s::tsquery AND strpos(t.compact, %s) > 0)")
-        params += [tsquery_of(query_words(phrase)), compact(phrase)]
-    return f"EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND ({' OR '.join(tests)}))", params
+        tests.append(f"({alias}.words @@ %s::tsquery AND strpos({compact_sql}, %s) > 0)")
+        params += [tsquery_of(query_words(phrase), weights), compact(phrase)]
+    return " OR ".join(tests), params
+
+
+def _word_tests(phrases: Sequence[str], names: str) -> tuple[str, str, list[Any]]:
+    """The test on ``image_texts t`` and the one on ``locations l`` for ``phrases``, and their
+    parameters (in that order)."""
+    ocr, ocr_params = _phrase_tests("t", phrases, "t.compact")
+    if names == "caption":
+        named, named_params = _phrase_tests("l", phrases, "split_part(l.words_compact, '|', 1)", CAPTION_WEIGHT)
+    else:
+        named, named_params = _phrase_tests("l", phrases, "l.words_compact")
+    return ocr, named, ocr_params + named_params
+
+
+def _holding_sql(phrases: Sequence[str], names: str) -> tuple[str, list[Any]]:
+    ocr, named, params = _word_tests(phrases, names)
+    return (f"SELECT t.image_id FROM image_texts t WHERE {ocr} "
+            f"UNION ALL SELECT l.image_id FROM locations l WHERE {named}"), params
+
+
+def words_in_photo(phrases: Sequence[str], names: str, negate: bool = False) -> tuple[str, list[Any]]:
+    """SQL over ``images i``: one of ``phrases`` is written in the photo (OCR) or in its caption
+    (``names="caption"``), or also in an album or file name of one of its copies (``names="all"``);
+    with ``negate``, none is anywhere there. The GIN indexes find the photos holding every word of
+    a phrase; the check on the text without spaces keeps those where the words stand together, as
+    typed. The photos holding a phrase are gathered once into an array (a hashed lookup per
+    photo, and a plan that starts from them: measured faster than a semi-join, and far faster than
+    EXISTS … OR EXISTS, which PostgreSQL probes photo by photo); none holding one is two anti-joins."""
+    if negate:
+        ocr, named, params = _word_tests(phrases, names)
+        return (f"NOT EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND ({ocr})) AND "
+                f"NOT EXISTS (SELECT 1 FROM locations l WHERE l.image_id = i.id AND ({named}))", params)
+    holding, params = _holding_sql(phrases, names)
+    return f"i.id = ANY(ARRAY({holding}))", params
+
+
+def holding_words(conn, phrases: Sequence[str], names: str, limit: int) -> list[int]:
+    """Up to ``limit`` ids of the photos holding one of ``phrases`` (as ``words_in_photo``), read
+    from the word indexes alone."""
+    holding, params = _holding_sql(phrases, names)
+    return [r[0] for r in conn.execute(f"SELECT DISTINCT image_id FROM ({holding}) AS found LIMIT %s",
+                                       [*params, limit])]
 
 
 @dataclass(frozen=True)
@@ -97,11 +135,14 @@ class Filters:
     favorite: bool | None = None
     path: str | None = None              # "root/relative/prefix"
     exclude: tuple[int, ...] = ()        # image ids to leave out (the photo itself, for "more like this")
-    text: str | None = None              # words that must be written in the photo (OCR)
-    # Set by the search service for a hybrid search, never parsed from a request: the photo's
-    # text holds one of these phrases / none of them (the two tiers of a hybrid ranking).
+    text: str | None = None              # words in the photo (OCR), its caption, album or file name
+    # Set by the search service for a hybrid search, never parsed from a request: one of these
+    # phrases is in the photo's text or caption / is not; is in any of its names / is not (the
+    # tiers of a hybrid ranking).
     written: tuple[str, ...] = ()
     unwritten: tuple[str, ...] = ()
+    named: tuple[str, ...] = ()
+    unnamed: tuple[str, ...] = ()
 
     NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
              "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude", "text")
@@ -239,11 +280,12 @@ class Filters:
         if self.exclude:
             clauses.append("i.id <> ALL(%s)")
             params.append(list(self.exclude))
-        for phrases, negate in (((self.text,) if self.text else (), False), (self.written, False),
-                                (self.unwritten, True)):
+        for phrases, names, negate in (((self.text,) if self.text else (), "all", False),
+                                       (self.written, "caption", False), (self.unwritten, "caption", True),
+                                       (self.named, "all", False), (self.unnamed, "all", True)):
             if phrases:
-                clause, clause_params = written_in_photo(phrases)
-                clauses.append(("NOT " if negate else "") + clause)
+                clause, clause_params = words_in_photo(phrases, names, negate)
+                clauses.append(clause)
                 params += clause_params
         location: list[str] = []
         for value, clause in ((list(self.source), "l.source = ANY(%s)"), (list(self.album), "l.album = ANY(%s)")):

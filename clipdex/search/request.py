@@ -6,8 +6,9 @@ Parameters (each a list of strings):
   q=<text>        a text to look for (repeatable); `red car^2` gives it weight 2
   not=<text>      a text to steer away from (repeatable)
   like=<id>       an indexed image to look like (repeatable, `123^0.5` for a weight)
-  mode=<m>        hybrid (default): photos with the words of q written in them first, then the
-                  rest by the vector; vector: the vector alone; text: only photos holding the words
+  mode=<m>        hybrid (default): photos with the words of q written in them or in their
+                  caption first, then those with them in an album or file name, then the rest,
+                  each by the vector; vector: the vector alone; text: only photos holding the words
   limit=<n>       page size, 1..200 (default 40)
   cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 import psycopg
@@ -28,9 +29,10 @@ class Hit:
     root: str | None
     path: str | None
     favorite: bool
-    written: bool = False                  # the query's words are written in the photo (OCR)
-    snippet: str | None = None             # the line of its text that holds them
+    written: bool = False                  # the query's words are in the photo's text (OCR) or names
+    snippet: str | None = None             # the line of its text (or the name) that holds them
     marks: list[tuple[int, int]] | None = None   # [start, end) of the words within the snippet
+    snippet_from: str | None = None        # where the snippet is from: SNIPPET_FIELDS
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,22 +66,36 @@ def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) ->
 SNIPPET_LENGTH = 80
 
 
+SNIPPET_FIELDS = ("text", "caption", "album", "file name")
+
+
 def add_snippets(conn: psycopg.Connection, hits: list[Hit], phrases: tuple[str, ...]) -> None:
-    """For hits whose text holds a phrase: the line that holds it (cut to SNIPPET_LENGTH around
-    it) and where the phrase stands in that line, for the page to highlight."""
+    """For hits holding a phrase: the line of the photo's text that holds it, else its caption,
+    album or file name (cut to SNIPPET_LENGTH around it), where the phrase stands in it, and which
+    of those it is, for the page to highlight and label."""
     if not hits:
         return
-    texts = dict(conn.execute(
-        "SELECT DISTINCT ON (image_id) image_id, text FROM image_texts WHERE image_id = ANY(%s) AND error IS NULL "
-        "ORDER BY image_id, created_at DESC", ([h.id for h in hits],)).fetchall())
+    ids = [h.id for h in hits]
+    lines: dict[int, list[tuple[str, str]]] = {i: [] for i in ids}
+    for image_id, text in conn.execute(
+            "SELECT DISTINCT ON (image_id) image_id, text FROM image_texts WHERE image_id = ANY(%s) "
+            "AND error IS NULL ORDER BY image_id, created_at DESC", (ids,)):
+        lines[image_id] += [("text", line) for line in text.splitlines()]
+    for image_id, caption in conn.execute(
+            "SELECT id, description FROM images WHERE id = ANY(%s) AND description IS NOT NULL", (ids,)):
+        lines[image_id].append(("caption", caption))
+    for image_id, album, relpath in conn.execute(
+            "SELECT image_id, album, relpath FROM locations WHERE image_id = ANY(%s) ORDER BY id", (ids,)):
+        lines[image_id] += [("album", album or ""), ("file name", PurePosixPath(relpath).name)]
     for hit in hits:
-        for line in (texts.get(hit.id) or "").splitlines():
+        for field, line in sorted(lines[hit.id], key=lambda item: SNIPPET_FIELDS.index(item[0])):
             span = next((found for phrase in phrases if (found := locate(line, phrase))), None)
             if span is None:
                 continue
             start = max(0, min(span[0] - 20, len(line) - SNIPPET_LENGTH))
             hit.snippet = line[start:start + SNIPPET_LENGTH]
             hit.marks = [(span[0] - start, min(span[1] - start, len(hit.snippet)))]
+            hit.snippet_from = field
             break
 
 

@@ -20,7 +20,7 @@ import psycopg
 from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex.search.cursors import Cursor, DateCursor, decode_cursor
-from clipdex.search.filters import Filters, check_text
+from clipdex.search.filters import Filters, check_text, holding_words
 from clipdex.search.plan import newest_ids, ranked_ids
 from clipdex.search.query_vector import combine, image_vectors, model_row, text_vectors, upload_vectors
 from clipdex.search.request import QuerySpec, SearchRequest
@@ -30,7 +30,10 @@ from clipdex.search.words import query_words
 
 UPLOAD_MAX_PIXELS = 100_000_000   # an example image for a query needs no more
 SIMILAR_PAGE = 24
-WRITTEN_EXCLUDED_MAX = 1000   # photos holding a query's words that the second tier leaves out by id
+WORDS_EXCLUDED_MAX = 1000   # photos holding a query's words that a later tier leaves out by id
+# The tiers of a hybrid search, in order, and how each names itself in the strategy line.
+TIER_WRITTEN, TIER_NAMED, TIER_REST = 0, 1, 2
+TIER_NAMES = {TIER_WRITTEN: "written ", TIER_NAMED: "named ", TIER_REST: ""}
 
 
 class SearchService:
@@ -69,7 +72,7 @@ class SearchService:
             after = (cursor.distance, cursor.image_id)
             if cursor.phrases:
                 return self._rank_hybrid(conn, model_id, dim, cursor.vector, filters, cursor.limit,
-                                         cursor.phrases, cursor.written_only, cursor.tier, after)
+                                         cursor.phrases, cursor.words_only, cursor.tier, after)
             return self._rank(conn, model_id, dim, cursor.vector, filters, cursor.limit, after)
         spec = request.spec.check()
         if spec.browse:
@@ -112,43 +115,51 @@ class SearchService:
         return hits
 
     def _rank_hybrid(self, conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
-                     limit: int, phrases: tuple[str, ...], written_only: bool, tier: int,
+                     limit: int, phrases: tuple[str, ...], words_only: bool, tier: int,
                      after: tuple[float, int] | None) -> Page:
-        """Words people type are often words in the photo (a shop name, a flight number): the
-        photos whose recognised text holds one of the query's phrases come first, then (unless
-        ``written_only``) every other photo; each tier is ranked by the vector and paged by
-        (distance, id), and the cursor says which tier the page ended in."""
-        where, params = Filters(written=phrases).sql()
-        holding = [r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} LIMIT %s",
-                                              [*params, WRITTEN_EXCLUDED_MAX + 1])]
-        if not holding:   # no photo holds the words (or no text was read): the plain vector ranking
-            return self._rank(conn, model_id, dim, query, filters, limit, after if tier == 1 else None)
-        # The rest leaves out the few photos of the first tier by id (cheap per candidate), or,
-        # when many hold the words, by the same text test negated.
-        rest = (replace(filters, exclude=tuple(dict.fromkeys(filters.exclude + tuple(holding))))
-                if len(holding) <= WRITTEN_EXCLUDED_MAX else replace(filters, unwritten=phrases))
+        """Words people type are often words in the photo or about it (a shop name, a flight
+        number, a caption, an album "Kyoto 2019"). Three tiers: the photos whose recognised text or
+        caption holds one of the query's phrases, then those with it only in an album or file name,
+        then (unless ``words_only``) every other photo. Each tier is ranked by the vector and paged
+        by (distance, id); the cursor says which tier the page ended in. A fused score (reciprocal
+        rank fusion) would let a strong vector match outrank the photo with the very words typed,
+        and could not be paged by a key of the row alone (README, "Searching")."""
+        anywhere = holding_words(conn, phrases, "all", WORDS_EXCLUDED_MAX + 1)
+        if not anywhere:   # no photo holds the words (or no text was read): the plain vector ranking
+            return self._rank(conn, model_id, dim, query, filters, limit, after if tier == TIER_REST else None)
+        in_photo = holding_words(conn, phrases, "caption", WORDS_EXCLUDED_MAX + 1)
+        # A later tier leaves out the photos of the earlier ones by id when they are few (cheap per
+        # candidate), else by the same word tests negated.
+        def leave_out(ids: list[int], negated: Filters) -> Filters:
+            if len(ids) <= WORDS_EXCLUDED_MAX:
+                return replace(filters, exclude=tuple(dict.fromkeys(filters.exclude + tuple(ids))))
+            return negated
+        tiers = [(TIER_WRITTEN, replace(filters, written=phrases), bool(in_photo)),
+                 (TIER_NAMED, replace(leave_out(in_photo, replace(filters, unwritten=phrases)), named=phrases),
+                  len(anywhere) > WORDS_EXCLUDED_MAX or not set(anywhere) <= set(in_photo)),
+                 (TIER_REST, leave_out(anywhere, replace(filters, unnamed=phrases)), not words_only)]
         rows: list[tuple[int, float, int]] = []
         strategies = []
-        for this_tier, tier_filters in ((0, replace(filters, written=phrases)), (1, rest)):
-            if this_tier < tier or len(rows) > limit or (this_tier == 1 and written_only):
+        for this_tier, tier_filters, wanted in tiers:
+            if this_tier < tier or len(rows) > limit or not wanted:
                 continue
             found, strategy, _ = ranked_ids(conn, model_id, dim, query, tier_filters, limit + 1 - len(rows),
                                             after if this_tier == tier else None,
                                             iterative=self.database.info.iterative_scan,
                                             ef_search=self.settings.ef_search)
             rows += [(image_id, distance, this_tier) for image_id, distance in found]
-            strategies.append(("written " if this_tier == 0 else "") + strategy)
+            strategies.append(TIER_NAMES[this_tier] + strategy)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more and rows:
             last_id, last_distance, last_tier = rows[-1]
             next_cursor = Cursor(query, filters.to_params(), limit, last_distance, last_id, phrases, last_tier,
-                                 written_only).encode()
+                                 words_only).encode()
         hits = load_hits(conn, [(image_id, distance) for image_id, distance, _ in rows])
-        written = {image_id for image_id, _, t in rows if t == 0}
+        with_words = {image_id for image_id, _, t in rows if t != TIER_REST}
         for hit in hits:
-            hit.written = hit.id in written
+            hit.written = hit.id in with_words
         add_snippets(conn, [h for h in hits if h.written], phrases)
         return Page(hits, next_cursor, ", then ".join(strategies))
 

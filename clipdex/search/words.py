@@ -11,6 +11,9 @@ makes the lexemes itself and hands them over as an array (``array_to_tsvector``)
   overlapping character pairs and, in the stored text only, its single characters, so a query of
   one character finds it too.
 
+A photo's names are searched with the same words: the caption its export gave it, its album and
+its file name, kept per file location with a weight for each field (``name_words``).
+
 A query's words must all be present (tsquery AND, Latin and digits as prefixes), and the phrase
 itself, without spaces or punctuation, must appear in the folded text (``compact``): so
 ``gate 23`` does not match a photo with ``gate 9`` and ``23`` on different lines.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
+from pathlib import PurePosixPath
 
 MAX_WORD_LENGTH = 64            # longer runs are cut: no one searches a 500-letter "word"
 MAX_WORDS = 4096                # distinct lexemes kept per text
@@ -91,9 +95,32 @@ def query_words(text: str) -> list[tuple[str, bool]]:
     return list(words.items())
 
 
-def tsquery_of(words: list[tuple[str, bool]]) -> str:
-    """``to_tsquery('simple', …)`` text for all of ``words`` (each quoted, so no word is read as
-    an operator)."""
-    def quoted(word: str) -> str:
-        return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
-    return " & ".join(quoted(w) + (":*" if prefix else "") for w, prefix in words)
+def _quoted(word: str) -> str:
+    return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def tsquery_of(words: list[tuple[str, bool]], weights: str = "") -> str:
+    """``tsquery`` text for all of ``words`` (each quoted, so no word is read as an operator),
+    found only in fields of ``weights`` when given (``"B"``: the caption)."""
+    return " & ".join(_quoted(w) + ((":*" if prefix else ":") + weights if prefix or weights else "")
+                      for w, prefix in words)
+
+
+# The weight of each of a photo's names in a location's tsvector, and its place in the compact
+# form (the fields joined by "|", which compact text never holds, so a phrase cannot run from
+# one field into the next).
+NAME_FIELDS = (("caption", "B"), ("album", "C"), ("file name", "D"))
+CAPTION_WEIGHT = "B"
+
+
+def name_words(caption: str | None, album: str | None, relpath: str) -> tuple[str, str]:
+    """A file location's searchable names: (tsvector input text with each lexeme labelled by the
+    weights of the fields that hold it, the fields' compact forms joined by "|"). The file name
+    counts without its extension (``IMG_2041.HEIC``: ``img``, ``2041``)."""
+    fields = (caption or "", album or "", PurePosixPath(relpath).stem)
+    found: dict[str, list[str]] = {}
+    for position, (text, (_name, weight)) in enumerate(zip(fields, NAME_FIELDS), start=1):
+        for word in text_words(text):
+            found.setdefault(word, []).append(f"{position}{weight}")
+    vector = " ".join(f"{_quoted(word)}:{','.join(labels)}" for word, labels in found.items())
+    return vector, "|".join(compact(text) for text in fields)

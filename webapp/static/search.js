@@ -144,11 +144,18 @@ function when(hit) {
   return hit.taken_at ? new Date(hit.taken_at).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" }) : "";
 }
 
-// The line of text read in the photo that holds the words searched for, those words marked.
-// Built from text nodes: the text comes from the photo, never from HTML.
+// The line of text read in the photo (or the caption, album or file name) that holds the words
+// searched for, those words marked, a name labelled with its field. Built from text nodes: the
+// text comes from the photo and its export, never from HTML.
 function snippet(hit) {
   const line = document.createElement("span");
   line.className = "snippet";
+  if (hit.snippet_from && hit.snippet_from !== "text") {
+    const label = document.createElement("span");
+    label.className = "field";
+    label.textContent = hit.snippet_from + ": ";
+    line.append(label);
+  }
   let at = 0;
   for (const [start, end] of hit.marks || []) {
     line.append(hit.snippet.slice(at, start));
