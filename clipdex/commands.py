@@ -231,11 +231,13 @@ def _run_line(run) -> str:
                    "only photos holding the words.")
 @click.option("--filter", "-f", "filters", multiple=True, metavar="NAME=VALUE",
               help="A filter, e.g. -f taken_from=2023-01-01 -f source=iphone -f orientation=portrait.")
+@click.option("--model", "model_name", help="Search this model's vectors (see `clipdex models`); default: the "
+                                             "library's default model.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", help="The next page of an earlier search (printed with --json).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per result, then the cursor.")
 @click.pass_context
-def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mode, filters, limit, cursor,
+def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mode, filters, model_name, limit, cursor,
                as_json) -> None:
     """Search by TEXTS (`red car^2` weighs a text), example images and filters."""
     from clipdex.database import open_database
@@ -248,6 +250,8 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mod
         params["text"] = [written]
     if mode is not None:
         params["mode"] = [mode]
+    if model_name is not None:
+        params["model"] = [model_name]
     try:
         for item in filters:
             name, sep, value = item.partition("=")
@@ -265,8 +269,11 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mod
     if as_json:
         for hit in page.hits:
             click.echo(json.dumps(hit.to_dict()))
-        click.echo(json.dumps({"next_cursor": page.next_cursor, "strategy": page.strategy}))
+        click.echo(json.dumps({"next_cursor": page.next_cursor, "strategy": page.strategy, "model": page.model,
+                               "note": page.note}))
         return
+    if page.note:
+        click.echo(f"note: {page.note}", err=True)
     if not page.hits:
         click.echo("no photos match")
         return
@@ -315,7 +322,7 @@ def _sql_literal(text: str) -> str:
 
 @click.command("model")
 @click.option("--activate", is_flag=True,
-              help="Make this model the one psql's vectors view and functions use.")
+              help="Make this model the library's default (as `clipdex models default`).")
 @click.pass_context
 def model_info(ctx: click.Context, activate: bool) -> None:
     """Load the configured model and print its key, device and embedding size."""
@@ -329,8 +336,76 @@ def model_info(ctx: click.Context, activate: bool) -> None:
         from clipdex.database import open_database
 
         with open_database(settings).connect(autocommit=True) as conn:
-            model_registry.activate(conn, model.key, settings.lock_timeout)
-        click.echo(f"psql now searches with {model.key}")
+            try:
+                model_registry.set_default(conn, model.key, lock_timeout=settings.lock_timeout)
+            except (model_registry.UnknownModel, model_registry.PartialCoverage) as exc:
+                raise click.ClickException(str(exc)) from None
+        click.echo(f"searches (and psql) now use {model.key}")
 
 
-COMMANDS = [show_config, db, status_cmd, search_cmd, embed_text, model_info]
+@click.group("models", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@click.pass_context
+def models_cmd(ctx: click.Context, as_json: bool) -> None:
+    """The models whose vectors the library holds: coverage, size, which is the default."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from clipdex import model_registry
+    from clipdex.database import open_database
+
+    with open_database(settings_of(ctx)).connect() as conn:
+        models = model_registry.models_with_coverage(conn)
+    if as_json:
+        for model in models:
+            click.echo(json.dumps(model.to_dict()))
+        return
+    if not models:
+        click.echo("no model has vectors yet: clipdex index PATH")
+    for model in models:
+        flags = ", ".join(f for f, on in (("default", model.default), ("multilingual", model.multilingual)) if on)
+        click.echo(f"{printable(model.name)}  {model.dim}-d  {model.images} of {_photos(model.total)}"
+                   + (f"  ({flags})" if flags else ""))
+        for source, (embedded, photos) in model.sources.items():
+            click.echo(f"  {source:8} {embedded} of {photos}")
+
+
+def _photos(count: int) -> str:
+    return f"{count} photo" + ("" if count == 1 else "s")
+
+
+@models_cmd.command("default")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Switch even though the model has no vectors for some photos.")
+@click.pass_context
+def models_default(ctx: click.Context, name: str, force: bool) -> None:
+    """Make NAME the model searches (and psql) use unless they ask for another."""
+    from clipdex import model_registry
+    from clipdex.database import open_database
+
+    settings = settings_of(ctx)
+    with open_database(settings).connect(autocommit=True) as conn:
+        try:
+            model = model_registry.set_default(conn, name, force=force, lock_timeout=settings.lock_timeout)
+        except (model_registry.UnknownModel, model_registry.PartialCoverage) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"searches now use {model.name} ({model.images} of {_photos(model.total)})")
+
+
+@models_cmd.command("drop")
+@click.argument("name")
+@click.pass_context
+def models_drop(ctx: click.Context, name: str) -> None:
+    """Remove NAME's vectors, index and cached query texts (never the default model's)."""
+    from clipdex import model_registry
+    from clipdex.database import open_database
+
+    settings = settings_of(ctx)
+    with open_database(settings).connect(autocommit=True) as conn:
+        try:
+            model = model_registry.drop_model(conn, name, settings.lock_timeout)
+        except (model_registry.UnknownModel, model_registry.PartialCoverage) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"dropped {model.name}: {model.images} vectors")
+
+
+COMMANDS = [show_config, db, status_cmd, search_cmd, embed_text, model_info, models_cmd]

@@ -181,12 +181,19 @@ class ClipModel:
         pretrained = None if spec.random_weights else spec.pretrained
         if spec.random_weights:
             torch.manual_seed(0)  # every process builds the same random model
+        overrides = _local_text_tower(local) if local is not None else {}
         try:
             with _hub_offline(go_offline):
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    spec.name, pretrained=pretrained, precision=precision, device=device
+                    spec.name, pretrained=pretrained, precision=precision, device=device, **overrides
                 )
-                tokenizer = open_clip.get_tokenizer(spec.name)
+                if overrides:   # the tokenizer of the tower found in the folder
+                    text_cfg = overrides["text_cfg"]
+                    tokenizer = open_clip.tokenizer.HFTokenizer(
+                        text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77),
+                        **text_cfg.get("tokenizer_kwargs", {}))
+                else:
+                    tokenizer = open_clip.get_tokenizer(spec.name)
         except ModelUnavailable:
             raise
         except Exception as exc:  # open_clip raises plain RuntimeError/OSError for missing weights
@@ -205,6 +212,13 @@ class ClipModel:
                 raise ModelUnavailable(_unavailable_message(spec, reason)) from None
             raise ModelUnavailable(f"Cannot load open_clip model {spec.name}: {text}") from None
         return model, preprocess, tokenizer
+
+    @property
+    def multilingual(self) -> bool:
+        """The text tower reads many languages (a Hugging Face XLM-RoBERTa, NLLB or mT5 tower),
+        not only English (open_clip's own text transformer, trained on English captions)."""
+        config = getattr(getattr(self._model, "text", None), "config", None)
+        return getattr(config, "model_type", None) in MULTILINGUAL_TEXT_TOWERS
 
     def _probe_dim(self) -> int:
         import torch
@@ -233,8 +247,24 @@ class ClipModel:
         import torch
 
         with self._lock, torch.inference_mode():
-            tokens = self._tokenizer(list(texts)).to(self.device)
-            return _normalise(self._model.encode_text(tokens))
+            tokens = self._tokenizer(list(texts))
+            pad = self._text_padding
+            if pad is not None:
+                # A Hugging Face tower masks padding out of attention and pooling, so the columns
+                # that are padding in every row can go: a short query costs its own length, not
+                # the context length (the same vectors, measured to 3e-7).
+                used = (tokens != pad).any(dim=0).nonzero()
+                if len(used):
+                    tokens = tokens[:, :int(used[-1]) + 1]
+            return _normalise(self._model.encode_text(tokens.to(self.device)))
+
+    @property
+    def _text_padding(self) -> int | None:
+        """The pad token id of a Hugging Face text tower (None for open_clip's own, whose causal
+        mask and positions are fixed at the context length)."""
+        tower = getattr(self._model, "text", None)
+        config = getattr(tower, "config", None)
+        return getattr(config, "pad_token_id", None) if hasattr(tower, "transformer") else None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -242,7 +272,40 @@ class ClipModel:
             "pretrained": self.spec.pretrained,
             "dim": self.dim,
             "image_size": list(self.image_size),
+            "multilingual": self.multilingual,
         }
+
+
+# Hugging Face model types of open_clip's multilingual text towers (xlm-roberta-*-ViT-*, nllb-clip-*).
+MULTILINGUAL_TEXT_TOWERS = ("xlm-roberta", "m2m_100", "mt5")
+
+
+def _local_text_tower(folder: Path) -> dict[str, Any]:
+    """For a local-dir: model with a Hugging Face text tower: its config and tokenizer are read from
+    the folder (open_clip hands ``hf_model_name`` to transformers as is, so a relative name would
+    be read from the working directory and an absolute one breaks when the folder moves), and the
+    tower is built from that config, its weights coming with the rest from the checkpoint."""
+    import json
+
+    try:
+        config = json.loads((folder / "open_clip_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"{folder}/open_clip_config.json cannot be read: {exc}") from None
+    text_cfg = (config.get("model_cfg") or {}).get("text_cfg") or {}
+    if not text_cfg.get("hf_model_name"):
+        return {}
+    tower = Path(text_cfg["hf_model_name"])
+    tower = tower if tower.is_absolute() and tower.is_dir() else folder / tower
+    if not (tower / "config.json").is_file():
+        tower = folder
+    if not (tower / "config.json").is_file():
+        raise ModelUnavailable(
+            f"{folder} holds a model whose text tower is {text_cfg['hf_model_name']!r} from Hugging Face; "
+            "put that tower's config.json and tokenizer files in the folder (or a subfolder named by "
+            "hf_model_name) so it loads offline."
+        )
+    return {"text_cfg": {**text_cfg, "hf_model_name": str(tower), "hf_tokenizer_name": str(tower),
+                         "hf_model_pretrained": False}}
 
 
 def _normalise(features: "torch.Tensor") -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The models whose vectors the database holds: registration, each model's HNSW index, and the
-active model that psql's views and functions use.
+"""The models whose vectors the database holds: registration, each model's HNSW index, their
+coverage, and the default model (`models.active`) that searches and psql's functions use.
 
 Index changes take locks that any role able to connect can get in the way of (an advisory lock,
 a table held open), so they wait at most a given time and then name the session in the way.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import psycopg
@@ -65,7 +66,7 @@ def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str,
     defers it (``index=False``)."""
     row = conn.execute(
         "INSERT INTO models (name, dim, spec) VALUES (%s, %s, %s) "
-        "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id, dim",
+        "ON CONFLICT (name) DO UPDATE SET spec = models.spec || EXCLUDED.spec RETURNING id, dim",
         (key, dim, json.dumps(spec)),
     ).fetchone()
     model_id, stored_dim = row
@@ -173,10 +174,97 @@ def repair_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30,
     return built
 
 
-def activate(conn: psycopg.Connection, key: str, lock_timeout: float = 30) -> None:
-    """Makes this model the one psql's `vectors` view and functions use."""
-    found = model_id(conn, key)
-    if found is None:
-        raise UnknownModel(f"no image is indexed with {key} yet")
-    with waiting_at_most(conn, lock_timeout, f"cannot make {key} the active model"):
-        conn.execute("SELECT clipdex_use_model(%s::smallint)", (found,))
+# --- several models side by side -----------------------------------------------------------------
+
+
+class PartialCoverage(RuntimeError):
+    """The model has no vector for some photos: making it the default would hide them."""
+
+
+@dataclass
+class ModelCoverage:
+    """A model whose vectors the database holds, and how much of the library they cover."""
+
+    id: int
+    name: str                   # the key vectors are stored under
+    dim: int
+    spec: dict[str, Any]        # how to load it again: open_clip name, weights tag, multilingual
+    default: bool               # searches without model= use it (psql's functions too)
+    images: int                 # photos with a vector of this model
+    total: int                  # photos in the library
+    sources: dict[str, tuple[int, int]] = field(default_factory=dict)   # source -> (embedded, photos)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.spec.get("multilingual"))
+
+    @property
+    def complete(self) -> bool:
+        return self.images >= self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "default": self.default, "multilingual": self.multilingual,
+                "images": self.images, "total": self.total, "complete": self.complete,
+                "sources": {k: {"images": a, "total": b} for k, (a, b) in self.sources.items()},
+                "open_clip": {"name": self.spec.get("name"), "pretrained": self.spec.get("pretrained")}}
+
+
+def models_with_coverage(conn: psycopg.Connection, *, per_source: bool = True) -> list[ModelCoverage]:
+    """Every model with vectors or registered, the default first."""
+    total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+    out = []
+    for model_id, name, dim, spec, active, images in conn.execute(
+            "SELECT m.id, m.name, m.dim, m.spec, m.active, (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id) "
+            "FROM models m ORDER BY m.active DESC, m.id").fetchall():
+        coverage = ModelCoverage(model_id, name, dim, spec or {}, active, images, total)
+        if per_source:
+            coverage.sources = {source: (embedded, photos) for source, photos, embedded in conn.execute(
+                "SELECT l.source, count(DISTINCT l.image_id), count(DISTINCT l.image_id) FILTER (WHERE EXISTS "
+                "(SELECT 1 FROM embeddings e WHERE e.image_id = l.image_id AND e.model_id = %s)) "
+                "FROM locations l GROUP BY l.source ORDER BY l.source", (model_id,))}
+        out.append(coverage)
+    return out
+
+
+def find_model(conn: psycopg.Connection, name: str) -> ModelCoverage:
+    """The model a user means by ``name``: its key, its open_clip name, or the start of its key
+    when only one model's starts so."""
+    models = models_with_coverage(conn, per_source=False)
+    for test in (lambda m: m.name == name, lambda m: m.spec.get("name") == name, lambda m: m.name.startswith(name)):
+        found = [m for m in models if test(m)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise UnknownModel(f"{name!r} names {len(found)} models: " + ", ".join(m.name for m in found))
+    known = ", ".join(m.name for m in models) or "none yet"
+    raise UnknownModel(f"no model {name!r} has vectors here; the models are: {known}")
+
+
+def set_default(conn: psycopg.Connection, name: str, *, force: bool = False, lock_timeout: float = 30
+                ) -> ModelCoverage:
+    """Makes ``name`` the model searches use unless they ask for another: only once it covers
+    every photo (a switch mid-way would hide the rest), unless ``force``."""
+    model = find_model(conn, name)
+    if not model.complete and not force:
+        raise PartialCoverage(
+            f"{model.name} has vectors for {model.images} of {model.total} photos; searches with it would "
+            f"miss the other {model.total - model.images}. Index them first (clipdex index PATH --model "
+            f"{model.spec.get('name') or model.name}), or switch anyway with --force.")
+    with waiting_at_most(conn, lock_timeout, f"cannot make {model.name} the default model"):
+        conn.execute("SELECT clipdex_use_model(%s::smallint)", (model.id,))
+    model.default = True
+    return model
+
+
+def drop_model(conn: psycopg.Connection, name: str, lock_timeout: float = 30) -> ModelCoverage:
+    """Removes a model's vectors, its index and its cached query texts; never the default one."""
+    model = find_model(conn, name)
+    if model.default:
+        raise PartialCoverage(f"{model.name} is the default model; make another one the default first "
+                              "(clipdex models default NAME)")
+    with waiting_at_most(conn, lock_timeout, f"cannot drop model {model.name}"):
+        drop_vector_index(conn, model.id)
+        conn.execute("DELETE FROM text_embeddings WHERE model_id = %s", (model.id,))
+        conn.execute("DELETE FROM embeddings WHERE model_id = %s", (model.id,))
+        conn.execute("DELETE FROM models WHERE id = %s", (model.id,))
+    return model

@@ -58,8 +58,12 @@ def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
               help="Export format; auto detects it per folder.")
 @KEEP_MISSING
 @RETRY_FAILED
+@click.option("--model", "model_name", help="Embed with this open_clip model instead of CLIPDEX_MODEL: a second "
+                                            "model's vectors for photos already indexed (nothing else is redone).")
+@click.option("--pretrained", help="The weights tag of --model (a built-in open_clip name).")
 @click.pass_context
-def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool) -> None:
+def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool, model_name: str | None,
+          pretrained: str | None) -> None:
     """Index PATH in this process (no broker): the same pipeline the workers run."""
     import time
 
@@ -70,6 +74,13 @@ def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_faile
 
     started = time.perf_counter()
     settings = _run_settings(ctx, keep_missing)
+    if model_name is not None:
+        if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
+            raise click.UsageError(f"--model {model_name}: give its weights with --pretrained TAG "
+                                   "(python -c 'import open_clip; print(open_clip.list_pretrained())')")
+        settings = settings.replace(model=model_name, pretrained=pretrained)
+    elif pretrained is not None:
+        raise click.UsageError("--pretrained goes with --model")
     database = open_database(settings, repair_indexes=False)
     plan = plan_run(settings, database, path, source=source, mode="local", retry_failed=retry_failed)
     _print_plan(plan)

@@ -177,7 +177,9 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
         return Failed(task, "decode", f"unsupported format: camera RAW (.{extension(task.name)})",
                       file.size, file.mtime_ns, timings)
     try:
-        decoded, thumbnail, pixels = decode_for_model(data, model, max_pixels, timings, budget)
+        # Known bytes without this model's vector (a second model): everything but the vector is stored.
+        decoded, thumbnail, pixels = decode_for_model(data, model, max_pixels, timings, budget,
+                                                      with_thumbnail=known is None)
     except NotAnImage as exc:
         if extension(task.name) in IMAGE_EXTENSIONS:
             # Named like a photo: the user expects it indexed, so say why it is not.
@@ -196,15 +198,16 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
 
 
 def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None,
-                     budget: DecodeBudget | None = None):
-    """The CPU work on a new image's bytes: decode (with its EXIF), thumbnail, the model's own
-    preprocessing. Returns (decoded, thumbnail, pixels); raises NotAnImage or DecodeFailure."""
+                     budget: DecodeBudget | None = None, *, with_thumbnail: bool = True):
+    """The CPU work on a new image's bytes: decode (with its EXIF), thumbnail (unless the image
+    has one: a second model's vectors), the model's own preprocessing. Returns (decoded, thumbnail
+    or None, pixels); raises NotAnImage or DecodeFailure."""
     timings = {} if timings is None else timings
     t = time.perf_counter()
     decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, inspect=read_embedded_metadata,
                      budget=budget)
     t = _timed(timings, "decode", t)
-    thumbnail = make_thumbnail(decoded.image)
+    thumbnail = make_thumbnail(decoded.image) if with_thumbnail else None
     t = _timed(timings, "thumbnail", t)
     try:
         pixels = model.preprocess(decoded.image)

@@ -341,7 +341,7 @@ class NewImage:
     byte_size: int
     facts: ImageFacts
     embedding: np.ndarray
-    thumbnail: tuple[bytes, int, int]
+    thumbnail: tuple[bytes, int, int] | None   # None: the image has one (a second model's vector)
 
 
 @dataclass
@@ -464,12 +464,13 @@ def _write_images(conn: psycopg.Connection, model_id: int, new: list[NewImage]) 
         "SELECT n.image_id, %s, n.embedding FROM unnest(%s::bigint[], %b::halfvec[]) "
         "AS n(image_id, embedding) ON CONFLICT DO NOTHING",
         (model_id, [ids[n.sha256] for n in new], [_halfvec_binary(n.embedding) for n in new]))
+    thumbnailed = [n for n in new if n.thumbnail is not None]
     conn.execute(
         "INSERT INTO thumbnails (image_id, width, height, webp) "
         "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::smallint[], %b::bytea[]) "
         "ON CONFLICT DO NOTHING",
-        ([ids[n.sha256] for n in new], [n.thumbnail[1] for n in new],
-         [n.thumbnail[2] for n in new], [n.thumbnail[0] for n in new]))
+        ([ids[n.sha256] for n in thumbnailed], [n.thumbnail[1] for n in thumbnailed],
+         [n.thumbnail[2] for n in thumbnailed], [n.thumbnail[0] for n in thumbnailed]))
     return ids, sum(1 for row in rows if row[2])
 
 

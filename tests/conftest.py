@@ -21,7 +21,7 @@ from hypothesis import settings as hypothesis_settings
 
 from clipdex import database, embedded_postgres
 from clipdex.config import Settings
-from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
+from tests.tiny_model import TINY_MODEL_CFG, write_model_folder, write_multilingual_model_folder
 
 # The fuzz tests draw the same examples on every run, so a CI result says something about the commit,
 # not about the dice. CLIPDEX_FUZZ=explore draws new ones (and remembers failures in .hypothesis/).
@@ -92,6 +92,13 @@ def database_url(pg_url, template_url):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A random-weight open_clip model (64-d) written as a real local-dir: folder."""
     return write_model_folder(tmp_path_factory.mktemp("models") / "tiny-clip", TINY_MODEL_CFG)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_dir(tmp_path_factory) -> Path:
+    """A random-weight open_clip model (64-d) with a tiny XLM-RoBERTa text tower and a tokenizer
+    trained on Chinese and English, as a local-dir: folder."""
+    return write_multilingual_model_folder(tmp_path_factory.mktemp("models") / "tiny-multilingual")
 
 
 @pytest.fixture

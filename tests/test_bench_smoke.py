@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["decode", "write", "ingest", "search", "enqueue", "memory", "decode_memory", "cli", "ocr", "hybrid"]
+BENCHMARKS = ["decode", "write", "ingest", "search", "enqueue", "memory", "decode_memory", "cli", "ocr", "hybrid", "models"]
 
 
 @pytest.fixture(scope="module")

@@ -71,10 +71,15 @@ class Cursor:
     phrases: tuple[str, ...] = ()
     tier: int = 0
     words_only: bool = False
+    # The model whose space the vector is in: the next page searches the same vectors, never
+    # another model's (of the same size, a distance between the two would mean nothing).
+    model: str | None = None
 
     def encode(self) -> str:
         vector = base64.urlsafe_b64encode(self.vector.astype("<f2").tobytes()).decode()
         payload = {"v": vector, "f": self.filters, "k": self.limit, "d": self.distance, "i": self.image_id}
+        if self.model:
+            payload["m"] = self.model
         if self.phrases:
             payload.update(w=list(self.phrases), h=self.tier, o=self.words_only)
         return _pack(payload)
@@ -100,8 +105,11 @@ class Cursor:
                 check_text("cursor", phrase)
                 if not query_words(phrase):
                     raise ValueError("a phrase with no words")
+            model = data.get("m")
+            if model is not None:
+                check_text("cursor", str(model))
             cursor = cls(vector, filters, limit, float(data["d"]), _image_id(data["i"]), phrases, tier,
-                         bool(data.get("o", False)))
+                         bool(data.get("o", False)), None if model is None else str(model))
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, OverflowError):
             raise QueryError(NOT_OURS) from None
         if len(cursor.vector) != dim or not np.all(np.isfinite(cursor.vector)):
@@ -139,6 +147,12 @@ class DateCursor:
             return cls(filters, limit, taken_at, _image_id(data["i"]))
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             raise QueryError(NOT_OURS) from None
+
+
+def cursor_model(text: str) -> str | None:
+    """The model a search's cursor was made with (None for a browse, or a cursor from before)."""
+    model = _unpack(text).get("m")
+    return model if isinstance(model, str) else None
 
 
 def decode_cursor(text: str, dim: int) -> Cursor | DateCursor:

@@ -9,6 +9,9 @@ Parameters (each a list of strings):
   mode=<m>        hybrid (default): photos with the words of q written in them or in their
                   caption first, then those with them in an album or file name, then the rest,
                   each by the vector; vector: the vector alone; text: only photos holding the words
+  model=<name>    search this model's vectors (a model's key or open_clip name, `clipdex models`);
+                  by default the library's default model, or for a Chinese query a multilingual
+                  one when the default reads only English
   limit=<n>       page size, 1..200 (default 40)
   cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
@@ -121,6 +124,7 @@ class SearchRequest:
     limit: int = DEFAULT_PAGE
     cursor: str | None = None
     mode: str = "hybrid"
+    model: str | None = None          # whose vectors to search (default: the library's default model)
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]], uploads: Sequence[bytes] = ()) -> "SearchRequest":
@@ -141,11 +145,14 @@ class SearchRequest:
         modes = [m.strip() for m in params.pop("mode", []) if m.strip()]
         if len(modes) > 1 or (modes and modes[0] not in MODES):
             raise QueryError(f"mode: one of {', '.join(MODES)}", field="mode")
+        models = [m.strip() for m in params.pop("model", []) if m.strip()]
+        if len(models) > 1:
+            raise QueryError("model: give it once", field="model")
         filters = Filters.parse(params)
-        if cursor is not None and (not spec.browse or filters.active or modes):
+        if cursor is not None and (not spec.browse or filters.active or modes or models):
             raise QueryError("cursor: a cursor continues an earlier search as it was; give it alone, or "
                              "start a new search without it", field="cursor")
-        request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid")
+        request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid", models[0] if models else None)
         if cursor is None:
             spec.check()
         return request

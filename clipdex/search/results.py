@@ -48,10 +48,12 @@ class Page:
     hits: list[Hit]
     next_cursor: str | None
     strategy: str         # "exact" or "hnsw" (a search), "newest" (a browse)
+    model: str | None = None   # whose vectors answered
+    note: str | None = None    # about that choice, for the user (a query routed to another model)
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [h.to_dict() for h in self.hits], "next_cursor": self.next_cursor,
-                "strategy": self.strategy}
+                "strategy": self.strategy, "model": self.model, "note": self.note}
 
 
 def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) -> list[Hit]:

@@ -10,16 +10,19 @@ neither skips nor repeats a result and needs no server state.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import unicodedata
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import psycopg
 
 from clipdex.config import Settings
 from clipdex.database import Database
-from clipdex.search.cursors import Cursor, DateCursor, decode_cursor
+from clipdex import model_registry
+from clipdex.search.cursors import Cursor, DateCursor, cursor_model, decode_cursor
 from clipdex.search.filters import Filters, check_text, holding_words
 from clipdex.search.plan import newest_ids, ranked_ids
 from clipdex.search.query_vector import combine, image_vectors, model_row, text_vectors, upload_vectors
@@ -29,11 +32,30 @@ from clipdex.search.results import Page, add_snippets, load_hits
 from clipdex.search.words import query_words
 
 UPLOAD_MAX_PIXELS = 100_000_000   # an example image for a query needs no more
+# What to index for queries in other languages when only English-reading models are (README, "Models").
+MULTILINGUAL_SUGGESTION = "xlm-roberta-base-ViT-B-32 --pretrained laion5b_s13b_b90k"
 SIMILAR_PAGE = 24
 WORDS_EXCLUDED_MAX = 1000   # photos holding a query's words that a later tier leaves out by id
 # The tiers of a hybrid search, in order, and how each names itself in the strategy line.
 TIER_WRITTEN, TIER_NAMED, TIER_REST = 0, 1, 2
 TIER_NAMES = {TIER_WRITTEN: "written ", TIER_NAMED: "named ", TIER_REST: ""}
+
+
+@dataclass(frozen=True)
+class ChosenModel:
+    """The model a search runs on: its vectors (key, id, size), what encodes its queries, and a
+    note for the user when it is not the one they would expect."""
+
+    key: str
+    model_id: int
+    dim: int
+    encoder: Any
+    note: str | None = None
+
+
+def not_latin(text: str) -> bool:
+    """The text has letters of a script other than Latin (Chinese, Japanese, Cyrillic, …)."""
+    return any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN") for ch in text)
 
 
 class SearchService:
@@ -63,47 +85,98 @@ class SearchService:
     def search(self, conn: psycopg.Connection, request: SearchRequest) -> Page:
         """One page of results: a search (best match first), a browse (no query: newest first), or
         the page after a cursor of either."""
-        model_id, dim = model_row(conn, self.model_key)
         if request.cursor:
-            cursor = decode_cursor(request.cursor, dim)
+            chosen = self._choose_model(conn, cursor_model(request.cursor), None, from_cursor=True)
+            cursor = decode_cursor(request.cursor, chosen.dim)
             filters = Filters.parse(cursor.filters)
             if isinstance(cursor, DateCursor):
-                return self._browse(conn, model_id, filters, cursor.limit, (cursor.taken_at, cursor.image_id))
+                return self._browse(conn, chosen, filters, cursor.limit, (cursor.taken_at, cursor.image_id))
             after = (cursor.distance, cursor.image_id)
             if cursor.phrases:
-                return self._rank_hybrid(conn, model_id, dim, cursor.vector, filters, cursor.limit,
+                return self._rank_hybrid(conn, chosen, cursor.vector, filters, cursor.limit,
                                          cursor.phrases, cursor.words_only, cursor.tier, after)
-            return self._rank(conn, model_id, dim, cursor.vector, filters, cursor.limit, after)
+            return self._rank(conn, chosen, cursor.vector, filters, cursor.limit, after)
         spec = request.spec.check()
+        chosen = self._choose_model(conn, request.model, spec)
         if spec.browse:
-            return self._browse(conn, model_id, request.filters, request.limit, None)
+            return self._browse(conn, chosen, request.filters, request.limit, None)
         phrases = ()
         if request.mode != "vector":
             phrases = tuple(dict.fromkeys(t.strip() for t, w in spec.texts if w > 0 and query_words(t)))
             if request.mode == "text" and not phrases:
                 raise QueryError("mode=text: give words to look for in the photos (q)", field="mode")
-        query = self._query_vector(conn, model_id, dim, spec)
+        query = self._query_vector(conn, chosen, spec)
         if phrases:
-            return self._rank_hybrid(conn, model_id, dim, query, request.filters, request.limit, phrases,
+            return self._rank_hybrid(conn, chosen, query, request.filters, request.limit, phrases,
                                      request.mode == "text", 0, None)
-        return self._rank(conn, model_id, dim, query, request.filters, request.limit, None)
+        return self._rank(conn, chosen, query, request.filters, request.limit, None)
+
+    def _choose_model(self, conn: psycopg.Connection, asked: str | None, spec: QuerySpec | None, *,
+                      from_cursor: bool = False) -> ChosenModel:
+        """Whose vectors answer: the model asked for (``model=``, or the one a cursor was made
+        with); else the library's default (the one psql uses, `clipdex models default`), or the
+        configured one before any is; a query in Chinese (or any non-Latin script) goes to a
+        multilingual model when the default reads only English and one is indexed."""
+        note = None
+        if asked:
+            try:
+                found = model_registry.find_model(conn, asked) if not from_cursor else None
+            except model_registry.UnknownModel as exc:
+                raise QueryError(str(exc), field="model") from None
+            key = found.name if found is not None else asked
+        elif self._model_key is not None:
+            key = self._model_key
+        else:
+            row = conn.execute("SELECT name FROM models WHERE active").fetchone()
+            key = row[0] if row else self.model_key
+            if spec is not None and any(not_latin(text) for text, _ in spec.texts + spec.negative_texts):
+                key, note = self._reader_of(conn, key)
+        model_id, dim = model_row(conn, key)
+        return ChosenModel(key, model_id, dim, self._encoder(conn, key), note)
+
+    @staticmethod
+    def _reader_of(conn: psycopg.Connection, default: str) -> tuple[str, str | None]:
+        """The model to read a non-English query with, and what to tell the user about it."""
+        spec = conn.execute("SELECT spec FROM models WHERE name = %s", (default,)).fetchone()
+        if spec is None or (spec[0] or {}).get("multilingual"):
+            return default, None
+        row = conn.execute(
+            "SELECT m.name FROM models m JOIN LATERAL (SELECT count(*) AS n FROM embeddings e WHERE e.model_id = m.id) c "
+            "ON c.n > 0 WHERE (m.spec->>'multilingual')::boolean ORDER BY c.n DESC, m.id LIMIT 1").fetchone()
+        if row is None:
+            return default, (f"{default} reads English only; for queries in other languages, index a multilingual "
+                             f"model too: clipdex index PATH --model {MULTILINGUAL_SUGGESTION}")
+        return row[0], f"a query in another language than English: answered by {row[0]}, which reads it"
+
+    def _encoder(self, conn: psycopg.Connection, key: str):
+        """What turns texts and uploads into vectors of model ``key`` (loaded only when used)."""
+        if key == self.model_key or key == self._model_key:
+            return self.model
+        from clipdex.model import LazyModel
+
+        spec = conn.execute("SELECT spec FROM models WHERE name = %s", (key,)).fetchone()[0] or {}
+        if not spec.get("name"):
+            raise QueryError(f"model {key} cannot be loaded here (its vectors came from elsewhere)", field="model")
+        return LazyModel(self.settings.replace(model=spec["name"], pretrained=spec.get("pretrained")))
 
     def similar(self, conn: psycopg.Connection, image_id: int, limit: int = SIMILAR_PAGE) -> Page:
         """More like an indexed image: the nearest other photos (as psql's similar_to)."""
         return self.search(conn, SearchRequest(QuerySpec(image_ids=[(image_id, 1.0)]),
                                                Filters(exclude=(image_id,)), limit=limit))
 
-    def _rank(self, conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
+    def _rank(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
               limit: int, after: tuple[float, int] | None) -> Page:
-        rows, strategy, _filtered = ranked_ids(conn, model_id, dim, query, filters, limit + 1, after,
+        rows, strategy, _filtered = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, limit + 1, after,
                                                iterative=self.database.info.iterative_scan,
                                                ef_search=self.settings.ef_search)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more and rows:
-            next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
-        return Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy)
+            next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0],
+                                 model=chosen.key).encode()
+        return Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy,
+                    chosen.key, chosen.note)
 
     @staticmethod
     def _with_snippets(conn: psycopg.Connection, hits: list, filters: Filters) -> list:
@@ -114,7 +187,7 @@ class SearchService:
             add_snippets(conn, hits, (filters.text,))
         return hits
 
-    def _rank_hybrid(self, conn: psycopg.Connection, model_id: int, dim: int, query: np.ndarray, filters: Filters,
+    def _rank_hybrid(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
                      limit: int, phrases: tuple[str, ...], words_only: bool, tier: int,
                      after: tuple[float, int] | None) -> Page:
         """Words people type are often words in the photo or about it (a shop name, a flight
@@ -126,7 +199,7 @@ class SearchService:
         and could not be paged by a key of the row alone (README, "Searching")."""
         anywhere = holding_words(conn, phrases, "all", WORDS_EXCLUDED_MAX + 1)
         if not anywhere:   # no photo holds the words (or no text was read): the plain vector ranking
-            return self._rank(conn, model_id, dim, query, filters, limit, after if tier == TIER_REST else None)
+            return self._rank(conn, chosen, query, filters, limit, after if tier == TIER_REST else None)
         in_photo = holding_words(conn, phrases, "caption", WORDS_EXCLUDED_MAX + 1)
         # A later tier leaves out the photos of the earlier ones by id when they are few (cheap per
         # candidate), else by the same word tests negated.
@@ -143,7 +216,7 @@ class SearchService:
         for this_tier, tier_filters, wanted in tiers:
             if this_tier < tier or len(rows) > limit or not wanted:
                 continue
-            found, strategy, _ = ranked_ids(conn, model_id, dim, query, tier_filters, limit + 1 - len(rows),
+            found, strategy, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, tier_filters, limit + 1 - len(rows),
                                             after if this_tier == tier else None,
                                             iterative=self.database.info.iterative_scan,
                                             ef_search=self.settings.ef_search)
@@ -155,44 +228,45 @@ class SearchService:
         if more and rows:
             last_id, last_distance, last_tier = rows[-1]
             next_cursor = Cursor(query, filters.to_params(), limit, last_distance, last_id, phrases, last_tier,
-                                 words_only).encode()
+                                 words_only, chosen.key).encode()
         hits = load_hits(conn, [(image_id, distance) for image_id, distance, _ in rows])
         with_words = {image_id for image_id, _, t in rows if t != TIER_REST}
         for hit in hits:
             hit.written = hit.id in with_words
         add_snippets(conn, [h for h in hits if h.written], phrases)
-        return Page(hits, next_cursor, ", then ".join(strategies))
+        return Page(hits, next_cursor, ", then ".join(strategies), chosen.key, chosen.note)
 
-    def _browse(self, conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
+    def _browse(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters, limit: int,
                 after: tuple[datetime | None, int] | None) -> Page:
-        rows = newest_ids(conn, model_id, filters, limit + 1, after)
+        rows = newest_ids(conn, chosen.model_id, filters, limit + 1, after)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more and rows:
             next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
         return Page(self._with_snippets(conn, load_hits(conn, [(image_id, None) for image_id, _ in rows]), filters),
-                    next_cursor, "newest")
+                    next_cursor, "newest", chosen.key)
 
     def cache_texts(self, conn: psycopg.Connection, texts: list[str]) -> None:
-        """Embeds texts into the text cache, so psql can search by them (`clipdex embed-text`)."""
-        model_id, dim = model_row(conn, self.model_key)
+        """Embeds texts into the text cache of the default model, the one psql searches with
+        (`clipdex embed-text`)."""
+        chosen = self._choose_model(conn, None, None)
         for text in texts:
             check_text("text", text)
-        text_vectors(conn, self.model, model_id, texts, dim)
+        text_vectors(conn, chosen.encoder, chosen.model_id, texts, chosen.dim)
 
-    def _query_vector(self, conn: psycopg.Connection, model_id: int, dim: int, spec: QuerySpec) -> np.ndarray:
+    def _query_vector(self, conn: psycopg.Connection, chosen: ChosenModel, spec: QuerySpec) -> np.ndarray:
         parts: list[tuple[np.ndarray, float]] = []
         texts = [t for t, _ in spec.texts] + [t for t, _ in spec.negative_texts]
         if texts:
             weights = [w for _, w in spec.texts] + [-w for _, w in spec.negative_texts]
-            parts += list(zip(text_vectors(conn, self.model, model_id, texts, dim), weights))
+            parts += list(zip(text_vectors(conn, chosen.encoder, chosen.model_id, texts, chosen.dim), weights))
         if spec.image_ids:
-            parts += list(zip(image_vectors(conn, model_id, [i for i, _ in spec.image_ids]),
+            parts += list(zip(image_vectors(conn, chosen.model_id, [i for i, _ in spec.image_ids]),
                               [w for _, w in spec.image_ids]))
         if spec.uploads:
             max_pixels = min(self.settings.max_pixels, UPLOAD_MAX_PIXELS)
-            parts += list(zip(upload_vectors(self.model, [d for d, _ in spec.uploads], max_pixels,
+            parts += list(zip(upload_vectors(chosen.encoder, [d for d, _ in spec.uploads], max_pixels,
                                              self.decode_budget), [w for _, w in spec.uploads]))
         # Rounded to float16 once, here, so every page compares exactly the same vector.
         return combine(parts).astype(np.float16).astype(np.float32)

@@ -261,7 +261,12 @@ function show(page, append) {
   const all = tiles();
   if (all.length && !all.some((t) => t.tabIndex === 0)) all[0].tabIndex = 0;
   nextCursor = page.next_cursor;
-  order = page.strategy === "newest" ? "newest first" : "best match first";
+  // Which model's vectors answered, and why when it is not the default (a query in Chinese).
+  if (!append) {
+    order = (page.strategy === "newest" ? "newest first" : "best match first")
+      + (page.model && page.strategy !== "newest" ? `, by ${page.model}` : "")
+      + (page.note ? `. Note: ${page.note}` : "");
+  }
   more.hidden = !nextCursor;
   describe();
   remember();
