@@ -47,8 +47,22 @@ RETRY_FAILED = click.option(
     help="Try again the files that failed in an earlier run and have not changed since.")
 
 
-def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
+MODEL = click.option("--model", "model_name", help=(
+    "Embed with this open_clip model instead of CLIPDEX_MODEL: a second model's vectors for photos "
+    "already indexed (nothing else is redone); Celery workers must run the same model."))
+PRETRAINED = click.option("--pretrained", help="The weights tag of --model (a built-in open_clip name).")
+
+
+def _run_settings(ctx: click.Context, keep_missing: bool, model_name: str | None = None,
+                  pretrained: str | None = None) -> Settings:
     settings = settings_of(ctx)
+    if model_name is not None:
+        if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
+            raise click.UsageError(f"--model {model_name}: give its weights with --pretrained TAG "
+                                   "(python -c 'import open_clip; print(open_clip.list_pretrained())')")
+        settings = settings.replace(model=model_name, pretrained=pretrained)
+    elif pretrained is not None:
+        raise click.UsageError("--pretrained goes with --model")
     return settings.replace(forget_missing=False) if keep_missing else settings
 
 
@@ -58,9 +72,8 @@ def _run_settings(ctx: click.Context, keep_missing: bool) -> Settings:
               help="Export format; auto detects it per folder.")
 @KEEP_MISSING
 @RETRY_FAILED
-@click.option("--model", "model_name", help="Embed with this open_clip model instead of CLIPDEX_MODEL: a second "
-                                            "model's vectors for photos already indexed (nothing else is redone).")
-@click.option("--pretrained", help="The weights tag of --model (a built-in open_clip name).")
+@MODEL
+@PRETRAINED
 @click.pass_context
 def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool, model_name: str | None,
           pretrained: str | None) -> None:
@@ -73,14 +86,7 @@ def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_faile
     from indexer.producer import plan_run
 
     started = time.perf_counter()
-    settings = _run_settings(ctx, keep_missing)
-    if model_name is not None:
-        if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
-            raise click.UsageError(f"--model {model_name}: give its weights with --pretrained TAG "
-                                   "(python -c 'import open_clip; print(open_clip.list_pretrained())')")
-        settings = settings.replace(model=model_name, pretrained=pretrained)
-    elif pretrained is not None:
-        raise click.UsageError("--pretrained goes with --model")
+    settings = _run_settings(ctx, keep_missing, model_name, pretrained)
     database = open_database(settings, repair_indexes=False)
     plan = plan_run(settings, database, path, source=source, mode="local", retry_failed=retry_failed)
     _print_plan(plan)
@@ -161,13 +167,16 @@ def _need_broker(settings: Settings) -> None:
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True)
 @KEEP_MISSING
 @RETRY_FAILED
+@MODEL
+@PRETRAINED
 @click.pass_context
-def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool) -> None:
+def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool,
+                model_name: str | None, pretrained: str | None) -> None:
     """Scan PATH and queue its new files for the Celery workers; prints the run id."""
     from clipdex.database import open_database
     from indexer.producer import enqueue, plan_run
 
-    settings = _run_settings(ctx, keep_missing)
+    settings = _run_settings(ctx, keep_missing, model_name, pretrained)
     _need_broker(settings)
     database = open_database(settings, repair_indexes=False)
     plan = plan_run(settings, database, path, source=source, mode="celery", retry_failed=retry_failed)

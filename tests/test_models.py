@@ -45,7 +45,7 @@ def search_tail(env: dict, *args: str) -> tuple[list[dict], dict]:
 
 
 def test_a_second_model_adds_vectors_and_nothing_else(two_models):
-    settings, env, _root, (images, thumbnails, last_id), added = two_models
+    settings, env, root, (images, thumbnails, last_id), added = two_models
     assert "indexed 0 new images, 6 already known" in added.stdout
     with psycopg.connect(settings.database_url) as conn:
         after = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM thumbnails), "
@@ -62,6 +62,10 @@ def test_a_second_model_adds_vectors_and_nothing_else(two_models):
     assert multilingual["sources"] == {"folder": {"images": 6, "total": 6}}
     text = run_cli("models", env=env).stdout
     assert "(default)" in text and "(multilingual)" in text and "6 of 6 photos" in text
+    # A built-in name needs its weights named: random weights are never chosen by omission.
+    for command in ("index", "enqueue"):
+        refused = run_cli(command, str(root), "--model", "ViT-L-14", env=env, check=False)
+        assert refused.returncode == 2 and "give its weights with --pretrained" in refused.stderr
 
 
 def test_a_chinese_query_goes_to_the_multilingual_model(two_models):
