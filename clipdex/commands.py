@@ -39,6 +39,9 @@ def show_config(ctx: click.Context) -> None:
     ignored = set()
     if settings.model.startswith(("local-dir:", "hf-hub:")):
         ignored.add("CLIPDEX_PRETRAINED")   # such a model names its own weights
+    if not settings.model_named:
+        click.echo(f"# CLIPDEX_MODEL unset: indexing and searches use the library's default model "
+                   f"(clipdex models); a new library starts with {settings.model} ({settings.pretrained})")
     for key, value in sorted(settings.to_environ().items()):
         if key in ignored:
             continue

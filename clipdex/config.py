@@ -99,8 +99,10 @@ class Settings:
     )
     model: str = _setting(
         "CLIPDEX_MODEL", "ViT-B-32",
-        "open_clip model: a built-in name (`ViT-B-32`), `hf-hub:org/repo` or `local-dir:/path` "
-        "(a folder with `open_clip_config.json` and weights).",
+        "open_clip model to index with: a built-in name (`ViT-B-32`), `hf-hub:org/repo` or `local-dir:/path` "
+        "(a folder with `open_clip_config.json` and weights). Unset: the library's default model "
+        "(`clipdex models`), and this one for a new library. Searches always use the library's default "
+        "unless they name a model.",
     )
     pretrained: str | None = _setting(
         "CLIPDEX_PRETRAINED", "laion2b_s34b_b79k",
@@ -223,6 +225,12 @@ class Settings:
         _parse_bool("CLIPDEX_OFFLINE"),
     )
 
+    # Whether the model was chosen (CLIPDEX_MODEL, --model, or in code) rather than left to its
+    # default: an indexer whose model was not chosen embeds with the library's default model
+    # (clipdex.model_registry.follow_library), so an upgrade that changes the built-in default never
+    # leaves new photos out of the vectors searches use.
+    model_named: bool = field(default=True, metadata={"env": None, "doc": None, "parse": None})
+
     def __post_init__(self) -> None:
         # Frozen dataclass: fill computed defaults through object.__setattr__.
         if self.home is None:
@@ -237,7 +245,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             env = f.metadata["env"]
-            if env in environ:
+            if env is not None and env in environ:
                 parse = f.metadata["parse"] or str
                 values[f.name] = parse(environ[env])
         for name, value in overrides.items():
@@ -249,6 +257,7 @@ class Settings:
             if isinstance(value, str) and f.metadata["parse"] is not None:
                 value = f.metadata["parse"](value)
             values[name] = value
+        values["model_named"] = "model" in values
         return cls(**values)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -272,8 +281,10 @@ class Settings:
         env: dict[str, str] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.metadata["env"] is None:
                 continue
+            if not self.model_named and f.name in ("model", "pretrained"):
+                continue    # the child follows the library's model too
             if f.name == "roots":
                 if not value:
                     continue
@@ -292,6 +303,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, in declaration order."""
     rows = []
     for f in dataclasses.fields(Settings):
+        if f.metadata["env"] is None:
+            continue
         default = f.default
         if f.name == "home":
             default = "~/.local/share/clipdex"

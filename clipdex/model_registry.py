@@ -268,3 +268,16 @@ def drop_model(conn: psycopg.Connection, name: str, lock_timeout: float = 30) ->
         conn.execute("DELETE FROM embeddings WHERE model_id = %s", (model.id,))
         conn.execute("DELETE FROM models WHERE id = %s", (model.id,))
     return model
+
+
+def follow_library(settings, conn: psycopg.Connection):
+    """The settings an indexer runs with: when no model was chosen (CLIPDEX_MODEL unset), the
+    library's default model, so new photos get the vectors searches use; the model as chosen
+    otherwise, or the built-in default for a library with no model yet."""
+    if settings.model_named:
+        return settings
+    row = conn.execute("SELECT spec FROM models WHERE active").fetchone()
+    spec = (row[0] or {}) if row else {}
+    if not spec.get("name"):
+        return settings
+    return settings.replace(model=spec["name"], pretrained=spec.get("pretrained"), model_named=True)

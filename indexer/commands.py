@@ -60,7 +60,7 @@ def _run_settings(ctx: click.Context, keep_missing: bool, model_name: str | None
         if pretrained is None and not model_name.startswith(("local-dir:", "hf-hub:")):
             raise click.UsageError(f"--model {model_name}: give its weights with --pretrained TAG "
                                    "(python -c 'import open_clip; print(open_clip.list_pretrained())')")
-        settings = settings.replace(model=model_name, pretrained=pretrained)
+        settings = settings.replace(model=model_name, pretrained=pretrained, model_named=True)
     elif pretrained is not None:
         raise click.UsageError("--pretrained goes with --model")
     return settings.replace(forget_missing=False) if keep_missing else settings
@@ -88,6 +88,7 @@ def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_faile
     started = time.perf_counter()
     settings = _run_settings(ctx, keep_missing, model_name, pretrained)
     database = open_database(settings, repair_indexes=False)
+    settings = _library_model(settings, database)
     plan = plan_run(settings, database, path, source=source, mode="local", retry_failed=retry_failed)
     _print_plan(plan)
     result = index_planned(settings, database, plan, out=sys.stderr, started=started)
@@ -155,6 +156,13 @@ def ocr_cmd(ctx: click.Context, path, everything: bool, retry_failed: bool) -> N
     _read_texts(settings, database, scope)
 
 
+def _library_model(settings: Settings, database) -> Settings:
+    from clipdex.model_registry import follow_library
+
+    with database.connect() as conn:
+        return follow_library(settings, conn)
+
+
 def _need_broker(settings: Settings) -> None:
     if not settings.broker_url:
         raise click.ClickException(
@@ -179,6 +187,7 @@ def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry
     settings = _run_settings(ctx, keep_missing, model_name, pretrained)
     _need_broker(settings)
     database = open_database(settings, repair_indexes=False)
+    settings = _library_model(settings, database)
     plan = plan_run(settings, database, path, source=source, mode="celery", retry_failed=retry_failed)
     _print_plan(plan)
     sent = enqueue(settings, database, plan.run_id, plan.batches)
@@ -213,8 +222,12 @@ def worker_cmd(ctx: click.Context, queues: str, celery_args: tuple[str, ...]) ->
     """Run a Celery worker on the embed queue (one per GPU) or the ocr queue; extra arguments go to Celery."""
     from indexer.worker import run_worker
 
+    from clipdex.database import open_database
+
     settings = settings_of(ctx)
     _need_broker(settings)
+    if not settings.model_named:
+        settings = _library_model(settings, open_database(settings, repair_indexes=False))
     run_worker(settings, celery_args, queues)
 
 

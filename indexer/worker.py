@@ -89,6 +89,12 @@ def _worker_runtime(settings: Settings):
     if _runtime is None:
         from indexer.runtime import Runtime
 
+        if not settings.model_named:   # `celery -A indexer.celery_app worker` with CLIPDEX_MODEL unset
+            from clipdex.database import open_database
+            from clipdex.model_registry import follow_library
+
+            with open_database(settings, repair_indexes=False).connect() as conn:
+                settings = follow_library(settings, conn)
         _runtime = Runtime(settings)
     return _runtime
 

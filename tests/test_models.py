@@ -157,3 +157,23 @@ def test_a_query_costs_its_own_length_and_gives_the_same_vector(tiny_multilingua
         full = model._model.encode_text(model._tokenizer(texts)).float().numpy()
     full /= np.linalg.norm(full, axis=1, keepdims=True)
     assert np.abs(trimmed - full).max() < 1e-5
+
+
+def test_with_no_model_chosen_indexing_follows_the_library(two_models):
+    """CLIPDEX_MODEL unset: new photos get the library's default model's vectors (the built-in
+    default, whose weights are not on this machine, is never loaded)."""
+    settings, env, root, _before, _added = two_models
+    unset = {k: v for k, v in env.items() if k not in ("CLIPDEX_MODEL", "CLIPDEX_PRETRAINED")}
+    default = next(name for name, m in models(env).items() if m["default"])
+    assert "CLIPDEX_MODEL unset: indexing and searches use the library's default model" in run_cli(
+        "config", env=unset).stdout
+    L.write(root / "trip" / "IMG_later.JPG", L.jpeg(777))
+    assert "indexed 1 new image" in run_cli("index", str(root), env=unset).stdout
+    with psycopg.connect(settings.database_url) as conn:
+        run_model = conn.execute("SELECT model FROM ingest_runs ORDER BY id DESC LIMIT 1").fetchone()[0]
+        vectors = [r[0] for r in conn.execute(
+            "SELECT m.name FROM embeddings e JOIN models m ON m.id = e.model_id JOIN locations l "
+            "ON l.image_id = e.image_id WHERE l.relpath LIKE %s", ("%IMG_later.JPG",))]
+    assert run_model == default and vectors == [default]
+    _, tail = search_tail(unset, "a sunset at the beach")
+    assert tail["model"] == default

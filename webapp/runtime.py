@@ -48,6 +48,13 @@ class AppRuntime:
                 from pgvector.psycopg import register_vector
 
                 self._database = open_database(self.settings, repair_indexes=False)
+                if not self.settings.model_named and not self.model.loaded:
+                    # Searches use the library's default model: preload that one, not the built-in default.
+                    from clipdex.model_registry import follow_library
+
+                    with self._database.connect() as conn:
+                        self.settings = follow_library(self.settings, conn)
+                    self.model = LazyModel(self.settings)
                 self._pool = ConnectionPool(
                     self._database.url, min_size=1, max_size=16, open=True, name="clipdex-web",
                     kwargs={"autocommit": True, "connect_timeout": CONNECTION_WAIT_SECONDS},
@@ -71,6 +78,7 @@ class AppRuntime:
         does not wait for it silently; /healthz tells the page how it goes."""
         def load() -> None:
             try:
+                self._start()
                 self.model.load()
                 self._model_state = "ready"
             except Exception as exc:   # the first search will say why, as any search would
@@ -89,7 +97,8 @@ class AppRuntime:
     @cached_property
     def search(self) -> SearchService:
         """The search service every page and API endpoint calls (one model per process)."""
-        return SearchService(self.settings, self.database, model=self.model, decode_budget=self.decode_budget)
+        database = self.database   # first: it settles which model the library searches with
+        return SearchService(self.settings, database, model=self.model, decode_budget=self.decode_budget)
 
 
 def runtime() -> AppRuntime:
