@@ -3,7 +3,7 @@ what adding a second model to an indexed library does again.
 
 1. Query encoding on this CPU: p50 of one short query (batch 1, "a dog on the beach" and
    "海边的日落" in turn), random weights at real size, loaded through clipdex's own loader:
-   ``ViT-B-32`` (open_clip's text transformer, English, the default; CLIPDEX_PRETRAINED=none) and
+   ``ViT-B-32`` (open_clip's text transformer, English, the default before; CLIPDEX_PRETRAINED=none) and
    ``xlm-roberta-base-ViT-B-32`` (an XLM-RoBERTa base text tower, as open_clip builds it, in a
    local-dir: folder: open_clip's config for it, XLM-R base's Hugging Face config written out by
    hand, and a tokenizer trained here: speed does not depend on what the vocabulary holds).
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> Report:
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-models-"))
     try:
         report = Report("Models side by side: query encoding, memory, a second model's vectors",
-                        "ViT-B-32 (English, the default)")
+                        "ViT-B-32 (English, the default before)")
         tiny, tiny_ml = (write_model_folder(work / "tiny", TINY_MODEL_CFG),
                          write_multilingual_model_folder(work / "tiny-ml"))
         if args.smoke:

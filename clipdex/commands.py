@@ -35,13 +35,21 @@ def settings_of(ctx: click.Context) -> Settings:
 @click.pass_context
 def show_config(ctx: click.Context) -> None:
     """Print the settings in effect as environment variables (the access token masked)."""
+    from clipdex.model import ModelSpec, ModelUnavailable
+
     settings = settings_of(ctx)
     ignored = set()
     if settings.model.startswith(("local-dir:", "hf-hub:")):
         ignored.add("CLIPDEX_PRETRAINED")   # such a model names its own weights
+    elif settings.model_named and settings.pretrained is None:   # the weights recommended for that name
+        try:
+            settings = settings.replace(pretrained=ModelSpec.from_settings(settings).pretrained)
+        except ModelUnavailable as exc:
+            click.echo(f"# {exc}")
     if not settings.model_named:
         click.echo(f"# CLIPDEX_MODEL unset: indexing and searches use the library's default model "
-                   f"(clipdex models); a new library starts with {settings.model} ({settings.pretrained})")
+                   f"(clipdex models); a new library starts with {settings.model} "
+                   f"({ModelSpec.from_settings(settings).pretrained})")
     for key, value in sorted(settings.to_environ().items()):
         if key in ignored:
             continue

@@ -98,16 +98,17 @@ class Settings:
         _optional,
     )
     model: str = _setting(
-        "CLIPDEX_MODEL", "ViT-B-32",
+        "CLIPDEX_MODEL", "xlm-roberta-base-ViT-B-32",
         "open_clip model to index with: a built-in name (`ViT-B-32`), `hf-hub:org/repo` or `local-dir:/path` "
         "(a folder with `open_clip_config.json` and weights). Unset: the library's default model "
         "(`clipdex models`), and this one for a new library. Searches always use the library's default "
         "unless they name a model.",
     )
     pretrained: str | None = _setting(
-        "CLIPDEX_PRETRAINED", "laion2b_s34b_b79k",
-        "Weights tag for a built-in model name; `none` gives random weights (benchmarks only). "
-        "Ignored for `hf-hub:` and `local-dir:`.",
+        "CLIPDEX_PRETRAINED", None,
+        "Weights tag for a built-in model name. Unset: the weights clipdex recommends for that name "
+        "(`laion5b_s13b_b90k` for the default, `laion2b_s34b_b79k` for `ViT-B-32`: README, \"Several models side by side\"); "
+        "`none` gives random weights (benchmarks only). Ignored for `hf-hub:` and `local-dir:`.",
         _optional,
     )
     device: str = _setting(

@@ -1,7 +1,8 @@
 """Loads an open_clip model once per process and turns images and texts into unit vectors.
 
 Every model goes through :func:`load_model`, whatever its source: a built-in architecture with a
-weights tag (``ViT-B-32`` + ``laion2b_s34b_b79k``), ``hf-hub:org/repo``, or ``local-dir:/path``.
+weights tag (``xlm-roberta-base-ViT-B-32`` + ``laion5b_s13b_b90k``), ``hf-hub:org/repo``, or
+``local-dir:/path``.
 Nothing is imported or loaded at import time: torch and open_clip come in on first use, so
 ``clipdex --help`` stays instant and Celery's parent process never touches CUDA.
 """
@@ -29,6 +30,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+# The weights clipdex takes for a built-in name when CLIPDEX_PRETRAINED is unset (README, "Several models side by side"):
+# the multilingual default, the English model that was the default before it, and larger siblings.
+RECOMMENDED_WEIGHTS = {
+    "xlm-roberta-base-ViT-B-32": "laion5b_s13b_b90k",
+    "xlm-roberta-large-ViT-H-14": "frozen_laion5b_s13b_b90k",
+    "nllb-clip-base-siglip": "v1",
+    "ViT-B-32": "laion2b_s34b_b79k",
+}
+
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
 RANDOM_WEIGHTS = "none"
@@ -47,7 +57,14 @@ class ModelSpec:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ModelSpec":
-        pretrained = None if settings.model.startswith((LOCAL_DIR, HF_HUB)) else settings.pretrained
+        if settings.model.startswith((LOCAL_DIR, HF_HUB)):
+            return cls(settings.model, None)
+        pretrained = settings.pretrained or RECOMMENDED_WEIGHTS.get(settings.model)
+        if pretrained is None:
+            raise ModelUnavailable(
+                f"CLIPDEX_MODEL={settings.model}: name its weights with CLIPDEX_PRETRAINED (python -c "
+                f"'import open_clip; print(open_clip.list_pretrained_tags_by_model(\"{settings.model}\"))'), "
+                "or `none` for random weights")
         return cls(settings.model, pretrained)
 
     @property

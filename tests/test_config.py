@@ -12,9 +12,21 @@ def test_defaults_without_environment():
     s = Settings.from_env({})
     assert s.database_url is None and s.uses_embedded_database
     assert s.broker_url is None
-    assert (s.model, s.pretrained, s.device) == ("ViT-B-32", "laion2b_s34b_b79k", "auto")
+    assert (s.model, s.pretrained, s.device) == ("xlm-roberta-base-ViT-B-32", None, "auto")
+    assert not s.model_named                   # indexing follows the library's default model
     assert s.home == Path("~/.local/share/clipdex").expanduser()
     assert s.roots == {}
+
+
+def test_a_built_in_model_gets_its_recommended_weights_or_must_name_them():
+    from clipdex.model import ModelSpec, ModelUnavailable
+
+    assert ModelSpec.from_settings(Settings.from_env({})).key() == "xlm-roberta-base-ViT-B-32/laion5b_s13b_b90k"
+    assert ModelSpec.from_settings(Settings.from_env({"CLIPDEX_MODEL": "ViT-B-32"})).pretrained == "laion2b_s34b_b79k"
+    assert ModelSpec.from_settings(Settings.from_env({"CLIPDEX_MODEL": "ViT-B-32", "CLIPDEX_PRETRAINED": "none"})
+                                   ).random_weights
+    with pytest.raises(ModelUnavailable, match="name its weights with CLIPDEX_PRETRAINED"):
+        ModelSpec.from_settings(Settings.from_env({"CLIPDEX_MODEL": "ViT-L-14"}))   # never random by omission
 
 
 def test_environment_is_read_and_flags_override_it():

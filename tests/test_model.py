@@ -64,7 +64,8 @@ def test_missing_default_weights_fail_with_one_sentence(tmp_path):
                                  "CLIPDEX_DEVICE": "cpu"}, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("clipdex: Cannot load the weights of ViT-B-32 (laion2b_s34b_b79k)")
+    # The default (a Hugging Face text tower too): the same one sentence, no traceback.
+    assert lines[-1].startswith("clipdex: Cannot load the weights of xlm-roberta-base-ViT-B-32 (laion5b_s13b_b90k)")
     assert "Traceback" not in proc.stderr
 
 

@@ -32,7 +32,7 @@ from clipdex.search.results import Page, add_snippets, load_hits
 from clipdex.search.words import query_words
 
 UPLOAD_MAX_PIXELS = 100_000_000   # an example image for a query needs no more
-# What to index for queries in other languages when only English-reading models are (README, "Models").
+# What to index for queries in other languages when only English-reading models are (README, "Several models side by side").
 MULTILINGUAL_SUGGESTION = "xlm-roberta-base-ViT-B-32 --pretrained laion5b_s13b_b90k"
 SIMILAR_PAGE = 24
 WORDS_EXCLUDED_MAX = 1000   # photos holding a query's words that a later tier leaves out by id
