@@ -36,7 +36,7 @@ from bench import synthetic
 from bench.report import Report, git_revision, percentile, server_versions
 from bench.search import model_folder, with_database
 from clipdex import database, embedded_postgres
-from clipdex.search.words import compact, name_words, text_words
+from clipdex.search.words import compact, name_words, quoted, text_words
 
 log = logging.getLogger("bench.hybrid")
 
@@ -70,8 +70,7 @@ def add_words(conn: psycopg.Connection, rng: np.random.Generator) -> dict[str, l
     conn.execute("DELETE FROM image_texts WHERE engine = 'bench'")
     with conn.cursor().copy("COPY image_texts (image_id, engine, text, words, compact) FROM STDIN") as copy:
         for image_id, text, lexemes, folded in rows:
-            vector = " ".join("'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in lexemes)
-            copy.write_row((image_id, "bench", text, vector, folded))
+            copy.write_row((image_id, "bench", text, " ".join(map(quoted, lexemes)), folded))
     albums = [f"Album {k} {word}" for k, word in enumerate(rng.choice(["Kyoto", "Paris", "家庭", "旅行", "Ski"],
                                                                       ALBUMS))]
     locations = conn.execute("SELECT id, relpath FROM locations ORDER BY id").fetchall()

@@ -381,7 +381,9 @@ def models_cmd(ctx: click.Context, as_json: bool) -> None:
 
 
 def _photos(count: int) -> str:
-    return f"{count} photo" + ("" if count == 1 else "s")
+    from clipdex.status import plural
+
+    return plural(count, "photo")
 
 
 @models_cmd.command("default")

@@ -209,13 +209,16 @@ class ModelCoverage:
                 "open_clip": {"name": self.spec.get("name"), "pretrained": self.spec.get("pretrained")}}
 
 
-def models_with_coverage(conn: psycopg.Connection, *, per_source: bool = True) -> list[ModelCoverage]:
-    """Every model with vectors or registered, the default first."""
+def models_with_coverage(conn: psycopg.Connection, *, per_source: bool = True,
+                         only: str | None = None) -> list[ModelCoverage]:
+    """Every registered model (or ``only`` the one of that key), the default first. Counting
+    reads every vector: for commands, not for searches."""
     total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     out = []
     for model_id, name, dim, spec, active, images in conn.execute(
             "SELECT m.id, m.name, m.dim, m.spec, m.active, (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id) "
-            "FROM models m ORDER BY m.active DESC, m.id").fetchall():
+            "FROM models m WHERE %(only)s::text IS NULL OR m.name = %(only)s ORDER BY m.active DESC, m.id",
+            {"only": only}).fetchall():
         coverage = ModelCoverage(model_id, name, dim, spec or {}, active, images, total)
         if per_source:
             coverage.sources = {source: (embedded, photos) for source, photos, embedded in conn.execute(
@@ -226,18 +229,24 @@ def models_with_coverage(conn: psycopg.Connection, *, per_source: bool = True) -
     return out
 
 
-def find_model(conn: psycopg.Connection, name: str) -> ModelCoverage:
-    """The model a user means by ``name``: its key, its open_clip name, or the start of its key
-    when only one model's starts so."""
-    models = models_with_coverage(conn, per_source=False)
-    for test in (lambda m: m.name == name, lambda m: m.spec.get("name") == name, lambda m: m.name.startswith(name)):
-        found = [m for m in models if test(m)]
+def model_named(conn: psycopg.Connection, name: str) -> str:
+    """The key of the model a user means by ``name``: its key, its open_clip name, or the start of
+    its key when only one model's starts so (from the models table alone: searches call it)."""
+    models = conn.execute("SELECT name, spec->>'name' FROM models ORDER BY id").fetchall()
+    for test in (lambda key, spec: key == name, lambda key, spec: spec == name,
+                 lambda key, spec: key.startswith(name)):
+        found = [key for key, spec in models if test(key, spec)]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise UnknownModel(f"{name!r} names {len(found)} models: " + ", ".join(m.name for m in found))
-    known = ", ".join(m.name for m in models) or "none yet"
+            raise UnknownModel(f"{name!r} names {len(found)} models: " + ", ".join(found))
+    known = ", ".join(key for key, _ in models) or "none yet"
     raise UnknownModel(f"no model {name!r} has vectors here; the models are: {known}")
+
+
+def find_model(conn: psycopg.Connection, name: str) -> ModelCoverage:
+    """The model a user means by ``name``, with its coverage."""
+    return models_with_coverage(conn, per_source=False, only=model_named(conn, name))[0]
 
 
 def set_default(conn: psycopg.Connection, name: str, *, force: bool = False, lock_timeout: float = 30

@@ -14,13 +14,6 @@ from clipdex.search.errors import NotFound, QueryError
 from clipdex.search.request import check_image_id
 
 
-def model_row(conn: psycopg.Connection, key: str) -> tuple[int, int]:
-    row = conn.execute("SELECT id, dim FROM models WHERE name = %s", (key,)).fetchone()
-    if row is None:
-        raise QueryError(f"no image is indexed with model {key} yet: run `clipdex index` first")
-    return row
-
-
 def _is_unit(vector: np.ndarray, dim: int | None) -> bool:
     return ((dim is None or vector.shape == (dim,)) and bool(np.all(np.isfinite(vector)))
             and abs(float(np.linalg.norm(vector)) - 1.0) <= 0.01)

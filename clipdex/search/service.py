@@ -25,7 +25,7 @@ from clipdex import model_registry
 from clipdex.search.cursors import Cursor, DateCursor, cursor_model, decode_cursor
 from clipdex.search.filters import Filters, check_text, holding_words
 from clipdex.search.plan import newest_ids, ranked_ids
-from clipdex.search.query_vector import combine, image_vectors, model_row, text_vectors, upload_vectors
+from clipdex.search.query_vector import combine, image_vectors, text_vectors, upload_vectors
 from clipdex.search.request import QuerySpec, SearchRequest
 from clipdex.search.errors import QueryError
 from clipdex.search.results import Page, add_snippets, load_hits
@@ -51,6 +51,13 @@ class ChosenModel:
     dim: int
     encoder: Any
     note: str | None = None
+
+
+def _model(conn: psycopg.Connection, key: str | None) -> tuple[str, int, int, dict[str, Any]] | None:
+    """(key, id, dim, spec) of the model stored as ``key``, or of the default model when None."""
+    row = conn.execute("SELECT name, id, dim, spec FROM models WHERE CASE WHEN %(key)s::text IS NULL "
+                       "THEN active ELSE name = %(key)s END", {"key": key}).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3] or {})
 
 
 def not_latin(text: str) -> bool:
@@ -116,45 +123,47 @@ class SearchService:
         """Whose vectors answer: the model asked for (``model=``, or the one a cursor was made
         with); else the library's default (the one psql uses, `clipdex models default`), or the
         configured one before any is; a query in Chinese (or any non-Latin script) goes to a
-        multilingual model when the default reads only English and one is indexed."""
+        multilingual model when the default reads only English and one is indexed. One read of
+        the models table in the usual case."""
         note = None
         if asked:
             try:
-                found = model_registry.find_model(conn, asked) if not from_cursor else None
+                row = _model(conn, asked if from_cursor else model_registry.model_named(conn, asked))
             except model_registry.UnknownModel as exc:
                 raise QueryError(str(exc), field="model") from None
-            key = found.name if found is not None else asked
         elif self._model_key is not None:
-            key = self._model_key
+            row = _model(conn, self._model_key)
         else:
-            row = conn.execute("SELECT name FROM models WHERE active").fetchone()
-            key = row[0] if row else self.model_key
-            if spec is not None and any(not_latin(text) for text, _ in spec.texts + spec.negative_texts):
-                key, note = self._reader_of(conn, key)
-        model_id, dim = model_row(conn, key)
-        return ChosenModel(key, model_id, dim, self._encoder(conn, key), note)
+            row = _model(conn, None) or _model(conn, self.model_key)
+            if (row is not None and not row[3].get("multilingual") and spec is not None
+                    and any(not_latin(text) for text, _ in spec.texts + spec.negative_texts)):
+                reader, note = self._reader_of(conn, row[0])
+                row = _model(conn, reader) if reader != row[0] else row
+        if row is None:
+            missing = asked or self._model_key or self.model_key
+            raise QueryError(f"no image is indexed with model {missing} yet: run `clipdex index` first")
+        key, model_id, dim, model_spec = row
+        return ChosenModel(key, model_id, dim, self._encoder(key, model_spec), note)
 
     @staticmethod
     def _reader_of(conn: psycopg.Connection, default: str) -> tuple[str, str | None]:
-        """The model to read a non-English query with, and what to tell the user about it."""
-        spec = conn.execute("SELECT spec FROM models WHERE name = %s", (default,)).fetchone()
-        if spec is None or (spec[0] or {}).get("multilingual"):
-            return default, None
+        """The model to read a non-English query with, when the default reads only English, and
+        what to tell the user about it."""
+        # The first multilingual model indexed (an EXISTS, not a count: this runs for every such query).
         row = conn.execute(
-            "SELECT m.name FROM models m JOIN LATERAL (SELECT count(*) AS n FROM embeddings e WHERE e.model_id = m.id) c "
-            "ON c.n > 0 WHERE (m.spec->>'multilingual')::boolean ORDER BY c.n DESC, m.id LIMIT 1").fetchone()
+            "SELECT m.name FROM models m WHERE (m.spec->>'multilingual')::boolean "
+            "AND EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id) ORDER BY m.id LIMIT 1").fetchone()
         if row is None:
             return default, (f"{default} reads English only; for queries in other languages, index a multilingual "
                              f"model too: clipdex index PATH --model {MULTILINGUAL_SUGGESTION}")
         return row[0], f"a query in another language than English: answered by {row[0]}, which reads it"
 
-    def _encoder(self, conn: psycopg.Connection, key: str):
+    def _encoder(self, key: str, spec: dict[str, Any]):
         """What turns texts and uploads into vectors of model ``key`` (loaded only when used)."""
-        if key == self.model_key or key == self._model_key:
+        if key == self.model_key:
             return self.model
         from clipdex.model import LazyModel
 
-        spec = conn.execute("SELECT spec FROM models WHERE name = %s", (key,)).fetchone()[0] or {}
         if not spec.get("name"):
             raise QueryError(f"model {key} cannot be loaded here (its vectors came from elsewhere)", field="model")
         return LazyModel(self.settings.replace(model=spec["name"], pretrained=spec.get("pretrained")))

@@ -95,14 +95,15 @@ def query_words(text: str) -> list[tuple[str, bool]]:
     return list(words.items())
 
 
-def _quoted(word: str) -> str:
+def quoted(word: str) -> str:
+    """A lexeme as tsvector and tsquery text take it (quoted, so no word is read as syntax)."""
     return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def tsquery_of(words: list[tuple[str, bool]], weights: str = "") -> str:
     """``tsquery`` text for all of ``words`` (each quoted, so no word is read as an operator),
     found only in fields of ``weights`` when given (``"B"``: the caption)."""
-    return " & ".join(_quoted(w) + ((":*" if prefix else ":") + weights if prefix or weights else "")
+    return " & ".join(quoted(w) + ((":*" if prefix else ":") + weights if prefix or weights else "")
                       for w, prefix in words)
 
 
@@ -122,5 +123,5 @@ def name_words(caption: str | None, album: str | None, relpath: str) -> tuple[st
     for position, (text, (_name, weight)) in enumerate(zip(fields, NAME_FIELDS), start=1):
         for word in text_words(text):
             found.setdefault(word, []).append(f"{position}{weight}")
-    vector = " ".join(f"{_quoted(word)}:{','.join(labels)}" for word, labels in found.items())
+    vector = " ".join(f"{quoted(word)}:{','.join(labels)}" for word, labels in found.items())
     return vector, "|".join(compact(text) for text in fields)
