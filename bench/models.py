@@ -6,7 +6,8 @@ what adding a second model to an indexed library does again.
    ``ViT-B-32`` (open_clip's text transformer, English, the default before; CLIPDEX_PRETRAINED=none) and
    ``xlm-roberta-base-ViT-B-32`` (an XLM-RoBERTa base text tower, as open_clip builds it, in a
    local-dir: folder: open_clip's config for it, XLM-R base's Hugging Face config written out by
-   hand, and a tokenizer trained here: speed does not depend on what the vocabulary holds).
+   hand, and a tokenizer trained here: speed does not depend on what the vocabulary holds), and
+   ``nllb-clip-base`` the same way (NLLB-200 distilled 600M's encoder as the text tower).
 2. Memory: the resident size of this process after loading one model, then the other (what the
    web process holds once a Chinese query has gone to the second model).
 3. A second model for an indexed library: ``clipdex index`` of N camera-like JPEGs with a tiny
@@ -43,8 +44,20 @@ XLM_ROBERTA_BASE = {
 }
 
 
-def xlm_roberta_folder(folder: Path) -> Path:
-    """open_clip's xlm-roberta-base-ViT-B-32 as a local-dir: folder without weights (random)."""
+# Hugging Face's facebook/nllb-200-distilled-600M config.json (nllb-clip-base keeps its encoder).
+NLLB_200_DISTILLED_600M = {
+    "model_type": "m2m_100", "architectures": ["M2M100ForConditionalGeneration"], "vocab_size": 256206,
+    "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
+    "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096,
+    "activation_function": "relu", "max_position_embeddings": 1024, "scale_embedding": True,
+    "is_encoder_decoder": True, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+}
+
+
+def hf_tower_folder(folder: Path, open_clip_name: str, hf_config: dict) -> Path:
+    """One of open_clip's models with a Hugging Face text tower, as a local-dir: folder without
+    weights (random at real size)."""
     import open_clip
     from tests.tiny_model import write_multilingual_model_folder
 
@@ -54,8 +67,8 @@ def xlm_roberta_folder(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_source / name, folder / name)
-    (folder / "config.json").write_text(json.dumps(XLM_ROBERTA_BASE))
-    model_cfg = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    model_cfg = open_clip.get_model_config(open_clip_name)
     model_cfg["text_cfg"].update(hf_model_name=".", hf_tokenizer_name=".")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
     return folder
@@ -113,8 +126,8 @@ def main(argv: list[str] | None = None) -> Report:
             args.photos, args.repeats = 6, 4
         else:
             english = Settings(model="ViT-B-32", pretrained="none", device="cpu")
-            multilingual = Settings(model=f"local-dir:{xlm_roberta_folder(work / 'xlm-roberta-base-ViT-B-32')}",
-                                    device="cpu")
+            multilingual = Settings(model="local-dir:" + str(hf_tower_folder(
+                work / "xlm-roberta-base-ViT-B-32", "xlm-roberta-base-ViT-B-32", XLM_ROBERTA_BASE)), device="cpu")
         rss_start = peak_rss_mib()
         en = encode_p50(english, args.repeats)
         rss_one = peak_rss_mib()
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> Report:
         report.add("model load", ml[2], en[2], unit="s", higher_is_better=False, note="random weights: no file read")
         report.add("process memory with one model, then both (peak RSS)", rss_two, rss_one, unit="MiB",
                    higher_is_better=False, note=f"{rss_start:.0f} MiB before either")
+        if not args.smoke:
+            nllb = encode_p50(Settings(model="local-dir:" + str(hf_tower_folder(
+                work / "nllb-clip-base", "nllb-clip-base", NLLB_200_DISTILLED_600M)), device="cpu"), args.repeats)
+            report.add("query encoding p50, nllb-clip-base (random weights)", nllb[0], en[0], unit="ms",
+                       higher_is_better=False, note=f"against {names[0]}; p95 {nllb[1]:.1f} ms; text tower "
+                                                    f"{nllb[3] / 1e6:.0f} M parameters; load {nllb[2]:.1f} s")
 
         photos = work / "photos"
         make_corpus(photos, {"camera_jpeg": args.photos})

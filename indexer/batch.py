@@ -22,7 +22,7 @@ from clipdex.roots import RootError, local_root
 from indexer import store
 from indexer.embed import embed
 from indexer.metadata import image_facts
-from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, prepare
+from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, VectorOnly, prepare
 from indexer.runtime import Runtime
 from indexer.sources import FileTask
 
@@ -54,8 +54,8 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
     settings = rt.settings
     window = 2 * settings.batch_size + settings.effective_decode_threads
     futures: list[Future | None] = []
-    pending: list[New] = []
-    embedded: list[New] = []
+    pending: list[New | VectorOnly] = []
+    embedded: list[New | VectorOnly] = []
     seen_new: set[bytes] = set()
     task_iter = iter(tasks)
 
@@ -89,20 +89,23 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
                 outcome.locations.append(_location(p, work.source))
             case New() if p.file.sha256 in seen_new:   # the same new bytes twice: one image, two places
                 outcome.locations.append(_location(p, work.source))
-            case New():
-                seen_new.add(p.file.sha256)
+            case New() | VectorOnly():
+                if isinstance(p, New):
+                    seen_new.add(p.file.sha256)
+                    outcome.locations.append(_location(p, work.source))
                 pending.append(p)
-                outcome.locations.append(_location(p, work.source))
                 if len(pending) >= settings.batch_size:
                     embedded += embed(rt, pending, outcome)
                     pending = []
         if on_file is not None:
-            on_file(isinstance(p, (Known, New)))
+            on_file(isinstance(p, (Known, New, VectorOnly)))
     embedded += embed(rt, pending, outcome)
     failed = {f[0] for f in outcome.failures}
-    dropped = seen_new - {p.file.sha256 for p in embedded}
+    dropped = seen_new - {p.file.sha256 for p in embedded if isinstance(p, New)}
     outcome.locations = [loc for loc in outcome.locations if loc.relpath not in failed and loc.sha256 not in dropped]
-    outcome.new_images = [p.image for p in embedded]
+    outcome.new_images = [p.image for p in embedded if isinstance(p, New)]
+    outcome.vectors_only = [store.VectorRow(p.image_id, p.vector, p.task.relpath, p.file.size, p.file.mtime_ns)
+                            for p in embedded if isinstance(p, VectorOnly)]
     return outcome
 
 

@@ -24,7 +24,9 @@ def _print_plan(plan) -> None:
     for kind, count in sorted(plan.sources.items()):
         if count.seen:
             where = f" at {printable(count.path)}" if count.path else ""
-            parts = [plural(count.seen, "file"), f"{count.queued} to index", f"{count.unchanged} unchanged",
+            queued = f"{count.queued} to index" + (f" ({count.vectors_only} known photos needing only this model's "
+                                                   f"vectors)" if count.vectors_only else "")
+            parts = [plural(count.seen, "file"), queued, f"{count.unchanged} unchanged",
                      f"{count.skipped} skipped (not photos by name)"]
             if count.failed_before:
                 parts.append(f"{count.failed_before} failed before and unchanged (--retry-failed tries again)")

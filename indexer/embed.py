@@ -6,14 +6,14 @@ import logging
 import time
 
 from indexer import store
-from indexer.prepare import New
+from indexer.prepare import New, VectorOnly
 from indexer.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 
-def embed(rt: Runtime, items: list[New], outcome: store.BatchOutcome) -> list[New]:
-    """Runs the model on a group of new images; returns those that got a vector (all of them, or
+def embed(rt: Runtime, items: list[New | VectorOnly], outcome: store.BatchOutcome) -> list[New | VectorOnly]:
+    """Runs the model on a group of images; returns those that got a vector (all of them, or
     none: a model error fails the group's files at stage 'embed')."""
     import torch
 
@@ -31,6 +31,5 @@ def embed(rt: Runtime, items: list[New], outcome: store.BatchOutcome) -> list[Ne
         outcome.timings["model"] = outcome.timings.get("model", 0.0) + time.perf_counter() - started
     rt.images_encoded += len(items)
     for p, vector in zip(items, vectors):
-        p.image.embedding = vector
-        p.pixels = None
+        p.take_vector(vector)
     return items

@@ -1,9 +1,11 @@
 """The threaded part of indexing one file: read → hash → describe → look up → decode.
 
 Each file is read once; every stage after the read works on those bytes. The answer is exactly
-one of four outcomes: the file failed (with its stage and reason), is not an image (skipped), holds
-bytes already embedded with this model (known: only its location is new), or is a new image ready
-for the model (its pixels preprocessed, everything else of its row filled in).
+one of five outcomes: the file failed (with its stage and reason), is not an image (skipped), holds
+bytes already embedded with this model (known: only its location is new), is a new image ready
+for the model (its pixels preprocessed, everything else of its row filled in), or is an image
+another model indexed, unchanged since, that needs only this model's vector (its stored hash,
+facts, thumbnail and location stay: read and decode only).
 """
 
 from __future__ import annotations
@@ -95,8 +97,28 @@ class New:
     pixels: Any
     timings: dict[str, float] = field(default_factory=dict)
 
+    def take_vector(self, vector) -> None:
+        self.image.embedding = vector
+        self.pixels = None
 
-Prepared = Union[Failed, Skipped, Known, New]
+
+@dataclass
+class VectorOnly:
+    """An image stored by another model's run, its file unchanged since: this model's input only."""
+
+    task: FileTask
+    file: FileRead
+    image_id: int
+    pixels: Any
+    vector: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def take_vector(self, vector) -> None:
+        self.vector = vector
+        self.pixels = None
+
+
+Prepared = Union[Failed, Skipped, Known, New, VectorOnly]
 
 
 def prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, *, max_file_bytes: int,
@@ -163,6 +185,8 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
     if failure:
         return Failed(task, *failure, st.st_size, st.st_mtime_ns, timings)
     t = _timed(timings, "read", t)
+    if task.indexed_image is not None and (st.st_size, st.st_mtime_ns) == (task.size, task.mtime_ns):
+        return _vector_only(task, data, st, model, max_pixels, budget, timings)
     file = FileRead(st.st_size, st.st_mtime_ns, st.st_ino, hashlib.sha256(data).digest())
     if task.hints.get("md5") and hashlib.md5(data).hexdigest() != task.hints["md5"]:
         task.hints["hash_mismatch"] = True  # a QQ NT original whose bytes do not match its name
@@ -195,6 +219,25 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
         exif_orientation=decoded.inspected.exif_orientation, byte_size=file.size,
         facts=image_facts(info, decoded.inspected, capture), embedding=None, thumbnail=thumbnail)
     return New(task, file, info, image, pixels, timings)
+
+
+def _vector_only(task: FileTask, data: bytes, st, model: ClipModel, max_pixels: int,
+                 budget: DecodeBudget | None, timings: dict[str, float]) -> Prepared:
+    """Bytes the scan and this read both find as the stored image's (same size and time): no hash,
+    sidecar, lookup, EXIF facts or thumbnail, only the pixels for this model."""
+    file = FileRead(st.st_size, st.st_mtime_ns, st.st_ino, b"")
+    t = time.perf_counter()
+    try:
+        decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, budget=budget)
+        t = _timed(timings, "decode", t)
+        pixels = model.preprocess(decoded.image)
+    except (NotAnImage, DecodeFailure) as exc:
+        return Failed(task, "decode", str(exc), file.size, file.mtime_ns, timings)
+    except Exception as exc:  # open_clip transforms on odd images
+        return Failed(task, "decode", f"cannot prepare pixels for the model: {exc}", file.size, file.mtime_ns,
+                      timings)
+    _timed(timings, "preprocess", t)
+    return VectorOnly(task, file, task.indexed_image, pixels, timings=timings)
 
 
 def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None,

@@ -40,6 +40,7 @@ class SourceCount:
     skipped: int = 0
     queued: int = 0
     gone: int = 0        # indexed before, no longer on disk: forgotten
+    vectors_only: int = 0   # of queued: known images that need only this model's vector
 
 
 @dataclass
@@ -115,6 +116,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         registered = known_roots(conn)
         model_id = model_registry.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
+        without_vector = store.images_without_vector(conn, placement.root, model_id if model_id is not None else -1)
         failed = {} if retry_failed else store.failed_before(conn, placement.root)
         already = model_registry.embedded_images(conn, model_id)
         located = store.located_files(conn, placement.root, placement.relpath)
@@ -130,6 +132,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
     counts: dict[str, SourceCount] = defaultdict(SourceCount)
     per_source: dict[str, list[FileTask]] = defaultdict(list)
+    revectored: set[int] = set()   # each known image is read once, whatever its number of copies
     for folder in sorted(group_folders(placement, source, folders), key=lambda g: (g.source, g.key)):
         plan = get_source(folder.source).plan(folder)
         count = counts[folder.source]
@@ -139,8 +142,18 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         count.seen += sum(len(part.files) for part in folder.parts)
         count.skipped += plan.skipped
         for task in plan.tasks:
+            stored = without_vector.get(task.relpath)
             if store.unchanged(indexed.get(task.relpath), task.size, task.mtime_ns, task.inode):
                 count.unchanged += 1
+            elif stored is not None and store.unchanged(stored[:3], task.size, task.mtime_ns, task.inode):
+                if stored[3] in revectored:   # another copy of the same bytes brings the vector
+                    count.unchanged += 1
+                    continue
+                revectored.add(stored[3])
+                task.indexed_image = stored[3]
+                per_source[folder.source].append(task)
+                count.queued += 1
+                count.vectors_only += 1
             elif failed.get(task.relpath) == (task.size, task.mtime_ns):
                 count.failed_before += 1
             else:

@@ -263,6 +263,17 @@ def indexed_files(conn: psycopg.Connection, root: str, model_id: int
     return known
 
 
+def images_without_vector(conn: psycopg.Connection, root: str, model_id: int
+                          ) -> dict[bytes, tuple[int, int, int | None, int]]:
+    """relpath -> (size, mtime_ns, inode or None, image id) of files indexed as images that lack
+    this model's vector: a second model's run re-reads their pixels and nothing else."""
+    rows = conn.execute(
+        "SELECT l.relpath_bytes, l.byte_size, l.mtime_ns, l.inode, l.image_id FROM locations l "
+        "WHERE l.root = %s AND NOT EXISTS (SELECT 1 FROM embeddings e "
+        "WHERE e.image_id = l.image_id AND e.model_id = %s)", (root, model_id))
+    return {bytes(relpath): (size, mtime_ns, inode, image_id) for relpath, size, mtime_ns, inode, image_id in rows}
+
+
 def unchanged(stored: tuple[int, int, int | None] | None, size: int, mtime_ns: int, inode: int) -> bool:
     """Same size and mtime, and the same inode when one was stored: a file swapped for another
     with the same size and time (a restored copy, a link) is read again."""
@@ -357,6 +368,17 @@ class LocationRow:
     caption: str | None = None       # the export's description of this copy: searchable by its words
 
 
+@dataclass
+class VectorRow:
+    """This model's vector for an image another model's run stored (the file is unchanged)."""
+
+    image_id: int
+    embedding: np.ndarray
+    relpath: bytes
+    byte_size: int
+    mtime_ns: int
+
+
 Failure = tuple[bytes, str, str, "int | None", "int | None"]   # path, stage, reason, size, mtime
 
 
@@ -366,6 +388,7 @@ class BatchOutcome:
     known_facts: list[tuple[int, ImageFacts]] = field(default_factory=list)  # (image id, facts)
     locations: list[LocationRow] = field(default_factory=list)
     known_ids: dict[bytes, int] = field(default_factory=dict)   # sha256 -> id, for known images
+    vectors_only: list[VectorRow] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     ignored: list[tuple[bytes, int, int, str]] = field(default_factory=list)  # path, size, mtime, why
     timings: dict[str, float] = field(default_factory=dict)
@@ -474,6 +497,19 @@ def _write_images(conn: psycopg.Connection, model_id: int, new: list[NewImage]) 
     return ids, sum(1 for row in rows if row[2])
 
 
+def _write_vectors(conn: psycopg.Connection, model_id: int, rows: list[VectorRow]) -> int:
+    """This model's vectors for images stored earlier (no image, thumbnail or location row changes);
+    an image forgotten since the run was planned is passed over. Returns the vectors written."""
+    if not rows:
+        return 0
+    rows = sorted(rows, key=lambda r: r.image_id)
+    return conn.execute(
+        "INSERT INTO embeddings (image_id, model_id, embedding) "
+        "SELECT n.image_id, %s, n.embedding FROM unnest(%s::bigint[], %b::halfvec[]) AS n(image_id, embedding) "
+        "WHERE EXISTS (SELECT 1 FROM images i WHERE i.id = n.image_id) ON CONFLICT DO NOTHING",
+        (model_id, [r.image_id for r in rows], [_halfvec_binary(r.embedding) for r in rows])).rowcount
+
+
 def _write_locations(conn: psycopg.Connection, work: BatchWork, locations: list[LocationRow],
                      ids: dict[bytes, int]) -> None:
     locations = sorted(locations, key=lambda loc: loc.relpath)
@@ -542,10 +578,10 @@ def split_by_file(outcome: BatchOutcome, ids: dict[bytes, int]) -> Iterator[tupl
 def _write_file_by_file(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome,
                         batch_error: Exception) -> tuple[int, int, list[Failure]]:
     """The slow path after the database refused the batch: each file in its own savepoint, so only
-    the files it refuses fail (stage 'write'). Returns (inserted, locations written, failures)."""
+    the files it refuses fail (stage 'write'). Returns (inserted, locations and vectors written,
+    failures)."""
     log.warning("run %s batch %s: the database refused the batch (%s); writing it file by file",
-                work.run_id, work.batch_no, str(batch_error).strip().splitlines()[0] if str(batch_error) else
-                type(batch_error).__name__)
+                work.run_id, work.batch_no, _first_line(batch_error))
     ids: dict[bytes, int] = {}
     inserted = written = 0
     failures: list[Failure] = []
@@ -556,14 +592,26 @@ def _write_file_by_file(conn: psycopg.Connection, work: BatchWork, outcome: Batc
         except Exception as exc:
             if not _refused_by_row(exc, conn):
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            failures.append((loc.relpath, "write", f"the database refused it: {reason}", loc.byte_size,
+            failures.append((loc.relpath, "write", f"the database refused it: {_first_line(exc)}", loc.byte_size,
                              loc.mtime_ns))
             continue
         ids.update(learned)
         inserted += added
         written += 1
+    for row in outcome.vectors_only:
+        try:
+            with conn.transaction():
+                written += _write_vectors(conn, work.model_id, [row])
+        except Exception as exc:
+            if not _refused_by_row(exc, conn):
+                raise
+            failures.append((row.relpath, "write", f"the database refused it: {_first_line(exc)}", row.byte_size,
+                             row.mtime_ns))
     return inserted, written, failures
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _write_each(conn: psycopg.Connection, sql: str, rows: list[tuple], what: str) -> None:
@@ -599,7 +647,7 @@ def write_batch(conn: psycopg.Connection, work: BatchWork, outcome: BatchOutcome
     try:
         with conn.transaction():
             ids, inserted = _write_content(conn, work, outcome)
-        written = len(outcome.locations)
+            written = len(outcome.locations) + _write_vectors(conn, work.model_id, outcome.vectors_only)
     except Exception as exc:
         if not _refused_by_row(exc, conn):
             raise

@@ -6,6 +6,7 @@ Hugging Face XLM-RoBERTa text tower and a tokenizer trained on Chinese and Engli
 from __future__ import annotations
 
 import json
+import os
 
 import psycopg
 import pytest
@@ -24,6 +25,7 @@ def two_models(pg_url, template_url, tiny_model_dir, tiny_multilingual_dir, tmp_
     root = tmp / "lib"
     for n in range(6):
         L.write(root / "trip" / f"IMG_{n}.JPG", L.jpeg(400 + n))
+    L.write(root / "trip" / "again" / "IMG_0.JPG", (root / "trip" / "IMG_0.JPG").read_bytes())   # a copy
     settings = Settings(home=tmp / "home", database_url=fresh_database(pg_url, "two_models"),
                         model=f"local-dir:{tiny_model_dir}", device="cpu", ocr=False)
     env = settings.to_environ()
@@ -31,6 +33,8 @@ def two_models(pg_url, template_url, tiny_model_dir, tiny_multilingual_dir, tmp_
     with psycopg.connect(settings.database_url) as conn:
         before = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM thumbnails), "
                               "(SELECT max(id) FROM images)").fetchone()
+    touched = root / "trip" / "IMG_5.JPG"   # same bytes, a new time: read and hashed again
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     added = run_cli("index", str(root), "--model", f"local-dir:{tiny_multilingual_dir}", env=env)
     return settings, env, root, before, added
 
@@ -47,13 +51,20 @@ def search_tail(env: dict, *args: str) -> tuple[list[dict], dict]:
 def test_a_second_model_adds_vectors_and_nothing_else(two_models):
     settings, env, root, (images, thumbnails, last_id), added = two_models
     assert "indexed 0 new images, 6 already known" in added.stdout
+    # Five unchanged photos need only the new vectors (the copy of one is not read again); the
+    # touched one is read, hashed and found known.
+    assert "6 to index (5 known photos needing only this model's vectors), 1 unchanged" in added.stderr
     with psycopg.connect(settings.database_url) as conn:
         after = conn.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM thumbnails), "
                              "(SELECT max(id) FROM images)").fetchone()
         per_model = dict(conn.execute("SELECT m.name, count(e.image_id) FROM models m "
                                       "JOIN embeddings e ON e.model_id = m.id GROUP BY m.name"))
+        # Locations are rewritten only where the file was read as a whole again.
+        rewritten = [r[0] for r in conn.execute(
+            "SELECT relpath FROM locations WHERE run_id = (SELECT max(id) FROM ingest_runs)")]
     assert after == (images, thumbnails, last_id) == (6, 6, last_id)
     assert sorted(per_model.values()) == [6, 6]
+    assert rewritten == ["trip/IMG_5.JPG"]
     listed = models(env)
     english, multilingual = (next(m for m in listed.values() if m["multilingual"] is flag) for flag in (False, True))
     assert english["default"] and not multilingual["default"]
@@ -108,13 +119,24 @@ def test_the_page_says_which_model_answered(two_models, browser, tmp_path):
     from tests.test_browser import new_page, serving
 
     settings, env, _root, _before, _added = two_models
-    multilingual = next(name for name, m in models(env).items() if m["multilingual"])
+    listed = models(env)
+    multilingual = next(name for name, m in listed.items() if m["multilingual"])
+    english = next(name for name, m in listed.items() if m["default"])
     with serving(settings, tmp_path / "serve.log") as base:
         page = new_page(browser, 900)
         page.goto(base + "/?q=海边的日落")
         page.wait_for_selector(".tile")
         message = page.locator("#message").inner_text()
         assert f"by {multilingual}" in message and "answered by" in message
+        # The Filters panel offers both models; choosing one searches its vectors, and the
+        # address keeps the choice.
+        page.locator("#filters summary").click()
+        page.select_option("select[name=model]", english)
+        page.wait_for_function("n => document.getElementById('message').textContent.includes('by ' + n)", arg=english)
+        assert "model=" in page.url and "answered by" not in page.locator("#message").inner_text()
+        page.reload()
+        page.wait_for_selector(".tile")
+        assert page.locator("select[name=model]").input_value() == english
 
 
 def test_the_default_moves_only_at_full_coverage_and_a_dropped_model_leaves_the_other(two_models):

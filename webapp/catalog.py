@@ -136,9 +136,13 @@ def open_original(settings: Settings, conn: psycopg.Connection, image_id: int) -
 
 
 def facets(conn: psycopg.Connection, limit: int = 200) -> dict[str, Any]:
-    """What the filter panel can offer: sources, albums, formats, cameras and the date range."""
+    """What the filter panel can offer: sources, albums, formats, cameras, the date range and the
+    models searches can ask for (the default first)."""
     first, last = conn.execute("SELECT min(taken_at), max(taken_at) FROM images").fetchone()
     return {
+        "models": [{"name": name, "default": active, "multilingual": bool(multilingual)}
+                   for name, active, multilingual in conn.execute(
+                       "SELECT name, active, (spec->>'multilingual')::boolean FROM models ORDER BY active DESC, id")],
         "sources": [r[0] for r in conn.execute("SELECT DISTINCT source FROM locations ORDER BY 1")],
         "albums": [r[0] for r in conn.execute(
             "SELECT album FROM locations WHERE album IS NOT NULL GROUP BY album "

@@ -68,14 +68,18 @@ class FileTask:
     album: str | None = None
     hints: dict[str, Any] = field(default_factory=dict)
     inode: int = 0     # from the scan, to tell a replaced file; not sent to workers (they fstat)
+    # The image these unchanged bytes already are (another model's run indexed them): the worker
+    # trusts the stored hash and facts and adds only this model's vector.
+    indexed_image: int | None = None
 
     def to_json(self) -> list:
-        return [encode_path(self.relpath), self.size, self.mtime_ns, self.album, self.hints]
+        data = [encode_path(self.relpath), self.size, self.mtime_ns, self.album, self.hints]
+        return data if self.indexed_image is None else data + [self.indexed_image]
 
     @classmethod
     def from_json(cls, data: list) -> "FileTask":
-        path, size, mtime_ns, album, hints = data
-        return cls(decode_path(path), size, mtime_ns, album, hints)
+        path, size, mtime_ns, album, hints, *indexed = data
+        return cls(decode_path(path), size, mtime_ns, album, hints, indexed_image=indexed[0] if indexed else None)
 
     @property
     def name(self) -> str:
