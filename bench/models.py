@@ -26,11 +26,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from bench.report import Report, peak_rss_mib, percentile
+from bench.report import Report, peak_rss_mib, percentile, scratch_folder
 
 REPO = Path(__file__).resolve().parent.parent
 QUERIES = ["a dog on the beach", "海边的日落"]
@@ -114,8 +113,7 @@ def main(argv: list[str] | None = None) -> Report:
     from clipdex.model import ModelSpec
     from tests.tiny_model import TINY_MODEL_CFG, write_model_folder, write_multilingual_model_folder
 
-    work = Path(tempfile.mkdtemp(prefix="clipdex-bench-models-"))
-    try:
+    with scratch_folder("clipdex-bench-models-") as work:
         report = Report("Models side by side: query encoding, memory, a second model's vectors",
                         "ViT-B-32 (English, the default before)")
         tiny, tiny_ml = (write_model_folder(work / "tiny", TINY_MODEL_CFG),
@@ -158,13 +156,6 @@ def main(argv: list[str] | None = None) -> Report:
                         f"{first_line!r}; second: {second_line!r}")
         report.emit(args.json)
         return report
-    finally:
-        try:
-            from clipdex import embedded_postgres
-
-            embedded_postgres.stop(work / "home")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,15 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def machine_facts() -> dict[str, str]:
@@ -165,3 +168,19 @@ def fresh_database(base_url: str, name: str) -> str:
     url = base_url.replace(f"/{embedded_postgres.DATABASE_NAME}?", f"/{name}?", 1)
     database.upgrade(url)
     return url
+
+
+@contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder for a benchmark's library; on the way out, the embedded PostgreSQL
+    started in its ``home`` is stopped and the folder removed."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        try:
+            from clipdex import embedded_postgres
+
+            embedded_postgres.stop(work / "home")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)

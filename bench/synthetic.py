@@ -65,13 +65,18 @@ def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator)
 
 
 def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, clusters: int = 200,
-           model_key: str = "synthetic", build_index: bool = True) -> Synthetic:
-    """Inserts n images with vectors under `model_key` (binary COPY), then builds the HNSW index."""
+           model_key: str = "synthetic", build_index: bool = True, vectors: np.ndarray | None = None) -> Synthetic:
+    """Inserts n images with vectors under `model_key` (binary COPY), then builds the HNSW index.
+    ``vectors``: these unit vectors instead of clustered ones (n and dim follow them)."""
     from pgvector.psycopg import register_vector
 
     register_vector(conn)
     rng = np.random.default_rng(seed)
-    vectors, centers = clustered_vectors(n, dim, clusters, rng)
+    if vectors is None:
+        vectors, centers = clustered_vectors(n, dim, clusters, rng)
+    else:
+        (n, dim), centers = vectors.shape, vectors[:0]
+        vectors = vectors.astype(np.float16).astype(np.float32)
     u = rng.random(n)
     makes = np.select([u < 0.0005, u < 0.0055, u < 0.0555, u < 0.0655],
                       ["Make-0.05", "Make-0.5", "Make-5", "Make-1"], "Other")
@@ -112,6 +117,7 @@ def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, c
     if build_index:
         conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,))
     conn.execute("SELECT clipdex_use_model(%s::smallint)", (model_id,))
+    conn.execute("SELECT clipdex_refresh_sample(%s::smallint)", (model_id,))
     conn.execute("ANALYZE images")
     conn.execute("ANALYZE locations")
     conn.execute("ANALYZE embeddings")

@@ -244,12 +244,17 @@ def _run_line(run) -> str:
               help="A filter, e.g. -f taken_from=2023-01-01 -f source=iphone -f orientation=portrait.")
 @click.option("--model", "model_name", help="Search this model's vectors (see `clipdex models`); default: the "
                                              "library's default model.")
+@click.option("--strictness", type=click.FloatRange(0, 1),
+              help="How sure a photo must be to count as a match, 0 to 1 (default CLIPDEX_STRICTNESS, 0.5); "
+                   "0 lists every photo.")
+@click.option("--sort", type=click.Choice(["relevance", "newest", "oldest"]), default=None,
+              help="relevance (default), or the matches by date taken.")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", help="The next page of an earlier search (printed with --json).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per result, then the cursor.")
 @click.pass_context
-def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mode, filters, model_name, limit, cursor,
-               as_json) -> None:
+def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mode, filters, model_name, strictness,
+               sort, limit, cursor, as_json) -> None:
     """Search by TEXTS (`red car^2` weighs a text), example images and filters."""
     from clipdex.database import open_database
     from clipdex.search import QueryError, SearchRequest, SearchService
@@ -263,6 +268,10 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mod
         params["mode"] = [mode]
     if model_name is not None:
         params["model"] = [model_name]
+    if strictness is not None:
+        params["strictness"] = [str(strictness)]
+    if sort is not None:
+        params["sort"] = [sort]
     try:
         for item in filters:
             name, sep, value = item.partition("=")
@@ -280,17 +289,25 @@ def search_cmd(ctx: click.Context, texts, images, likes, negatives, written, mod
     if as_json:
         for hit in page.hits:
             click.echo(json.dumps(hit.to_dict()))
-        click.echo(json.dumps({"next_cursor": page.next_cursor, "strategy": page.strategy, "model": page.model,
-                               "note": page.note}))
+        tail = page.to_dict()
+        del tail["results"]
+        click.echo(json.dumps(tail))
         return
     if page.note:
         click.echo(f"note: {page.note}", err=True)
+    if page.matches is not None:
+        from clipdex.status import plural
+
+        click.echo(f"{'' if page.matches_exact else 'about '}{plural(page.matches, 'photo')} "
+                   f"match{'es' if page.matches == 1 else ''}", err=True)
     if not page.hits:
         click.echo("no photos match")
-        return
-    click.echo(_hits_table(page.hits))
+    else:
+        click.echo(_hits_table(page.hits))
     if page.next_cursor:
         click.echo(f"more: clipdex search --cursor {page.next_cursor}", err=True)
+    elif page.weaker_cursor:
+        click.echo(f"weaker matches: clipdex search --cursor {page.weaker_cursor}", err=True)
 
 
 def _hits_table(hits) -> str:

@@ -54,6 +54,19 @@ def _parse_int(env: str, minimum: int = 0) -> Callable[[str], int]:
     return parse
 
 
+def _parse_fraction(env: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{env}: expected a number from 0 to 1, got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{env}: must be between 0 and 1, got {value}")
+        return value
+
+    return parse
+
+
 def _parse_bool(env: str) -> Callable[[str], bool]:
     def parse(text: str) -> bool:
         lowered = text.strip().lower()
@@ -195,6 +208,13 @@ class Settings:
         "slower. It grows with the library as x(N/100k)^0.7, up to 1000 (pgvector's limit) from about a "
         "million photos; 200 gives recall@10 0.995 at 100k (BENCHMARKS.md).",
         _parse_int("CLIPDEX_EF_SEARCH", 10),
+    )
+    strictness: float = _setting(
+        "CLIPDEX_STRICTNESS", 0.5,
+        "How sure a photo must be to count as a match of a search, 0 to 1 (a search's `strictness=` "
+        "overrides it): the cut-off adapts to each query against a sample of the library; 0 lists every "
+        "photo by relevance, with no cut-off (BENCHMARKS.md §11).",
+        _parse_fraction("CLIPDEX_STRICTNESS"),
     )
     web_host: str = _setting(
         "CLIPDEX_WEB_HOST", "127.0.0.1", "Address `clipdex serve` binds to.",

@@ -239,6 +239,10 @@ def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
     if open_batches:
         return False
     conn.execute("UPDATE ingest_runs SET finished_at = now() WHERE id = %s", (run_id,))
+    # The run's model scores queries against a sample of its vectors (the match cut-off): drawn
+    # again once the library has grown or shrunk by a tenth.
+    conn.execute("SELECT clipdex_refresh_sample_if_due(m.id) FROM ingest_runs r JOIN models m ON m.name = r.model "
+                 "WHERE r.id = %s", (run_id,))
     return True
 
 

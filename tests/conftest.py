@@ -109,6 +109,10 @@ def settings(database_url, tiny_model_dir, tmp_path) -> Settings:
         model=f"local-dir:{tiny_model_dir}",
         device="cpu",
         ocr=False,    # OCR costs about a second a photo here; tests/test_ocr.py turns it on
+        # A tiny random model scores every photo alike, so none would count as a match: these
+        # libraries are listed whole (by relevance). tests/test_matches.py plants matches and
+        # tests the cut-off at its default.
+        strictness=0.0,
     )
 
 
@@ -169,7 +173,8 @@ def library(pg_url, template_url, tiny_model_dir, tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("library")
     settings = Settings(home=tmp_path / "home", database_url=fresh_database(pg_url, "library"),
-                        model=f"local-dir:{tiny_model_dir}", device="cpu", ocr=False)
+                        model=f"local-dir:{tiny_model_dir}", device="cpu", ocr=False,
+                        strictness=0.0)   # listed whole, as in the settings fixture
     db = database.open_database(settings)
     root = tmp_path / "lib"
     L.takeout_library(root / "export")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["decode", "write", "ingest", "search", "enqueue", "memory", "decode_memory", "cli", "ocr", "hybrid", "models"]
+BENCHMARKS = ["decode", "write", "ingest", "search", "enqueue", "memory", "decode_memory", "cli", "ocr", "hybrid", "models",
+              "matches"]
 
 
 @pytest.fixture(scope="module")

@@ -40,9 +40,12 @@ def sconn(synthetic_db, settings):
 
 
 def service_for(db, settings=None, model_key: str | None = None, model=None) -> SearchService:
+    """A service that lists every photo by relevance (strictness 0): these tests check the ranking
+    itself against an exact sort; the match cut-off has its own (test_matches.py)."""
     from clipdex.config import Settings
 
-    return SearchService(settings or Settings(database_url=db.url), db, model=model, model_key=model_key)
+    return SearchService(settings or Settings(database_url=db.url, strictness=0.0), db, model=model,
+                         model_key=model_key)
 
 
 def exact_sql(conn, data, query: np.ndarray, where: str, k: int) -> list[int]:

@@ -22,9 +22,11 @@ PREVIEW_SIDE = 1600
 
 @bp.get("/")
 def search_page():
-    with runtime().connection() as conn:
+    rt = runtime()
+    with rt.connection() as conn:
         facets = catalog.facets(conn)
-    return render_template("search.html", facets=facets, sources=SOURCE_KINDS, formats=IMAGE_FORMATS)
+    return render_template("search.html", facets=facets, sources=SOURCE_KINDS, formats=IMAGE_FORMATS,
+                           strictness=f"{rt.settings.strictness:g}")   # as the slider writes it: 0.5, 0
 
 
 @bp.get("/images/<int:image_id>")

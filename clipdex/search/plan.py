@@ -5,7 +5,8 @@ first through the (taken_at DESC NULLS LAST, id DESC) index."""
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
 
 import numpy as np
 import psycopg
@@ -28,11 +29,16 @@ def _filtered_ids(conn: psycopg.Connection, where: str, params: list, cap: int) 
     return sorted(r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} LIMIT %s", [*params, cap]))
 
 
-def _estimated_rows(conn: psycopg.Connection, where: str, params: list) -> float:
+def estimated_rows(conn: psycopg.Connection, where: str, params: list) -> float:
     """The planner's estimate of the photos the filters keep (from the column statistics, a
     fraction of a millisecond)."""
     plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM images i WHERE {where}", params).fetchone()[0]
     return float(plan[0]["Plan"]["Plan Rows"])
+
+
+def image_rows(conn: psycopg.Connection) -> float:
+    """The photos in the library, as the planner last counted them."""
+    return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'images'::regclass").fetchone()[0])
 
 
 def table_rows(conn: psycopg.Connection) -> float:
@@ -83,7 +89,7 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         # far more rows goes straight to the index (if it keeps fewer after all, the index scan
         # comes back short and the exact sort below answers).
         vector = as_halfvec(query)
-        if filters.active and _estimated_rows(conn, where, params) <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
+        if filters.active and estimated_rows(conn, where, params) <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
             ids = _filtered_ids(conn, where, params, exact_max_rows + 1)
             filtered = len(ids)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
@@ -126,22 +132,63 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
     return [tuple(r) for r in conn.execute(sql, [query, *params, *keyset_params, limit])]
 
 
-def newest_ids(conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
-               after: tuple[datetime | None, int] | None) -> list[tuple[int, datetime | None]]:
-    """(id, taken_at) of the next ``limit`` images the filters keep, newest first; photos of unknown
-    time come last; equal times by descending id, so pages never repeat or skip a photo."""
+DATE_ORDERS = ("newest", "oldest")
+
+
+def _date_keyset(order: str, after: tuple[datetime | None, int] | None) -> tuple[str, list]:
+    """The rows after (taken_at, id) in date order; photos of unknown time come last either way."""
+    if after is None:
+        return "", []
+    taken_at, image_id = after
+    before, earlier = ("<", "<") if order == "newest" else (">", ">")
+    if taken_at is None:
+        return f" AND i.taken_at IS NULL AND i.id {earlier} %s", [image_id]
+    return (f" AND (i.taken_at {before} %s OR (i.taken_at = %s AND i.id {earlier} %s) OR i.taken_at IS NULL)",
+            [taken_at, taken_at, image_id])
+
+
+def dated_ids(conn: psycopg.Connection, model_id: int, filters: Filters, limit: int,
+              after: tuple[datetime | None, int] | None, order: str = "newest",
+              also: str = "TRUE", also_params: Sequence = ()) -> list[tuple[int, datetime | None]]:
+    """(id, taken_at) of the next ``limit`` images the filters (and the condition ``also`` on
+    ``e``, a model's vector, and ``i``) keep, newest or oldest first; photos of unknown time come
+    last; equal times by id (descending when newest), so pages never repeat or skip a photo.
+
+    Both orders walk the (taken_at DESC NULLS LAST, id DESC) index, oldest first backwards: that
+    direction puts unknown times first, so the dated photos come from one query and the undated
+    ones from a second."""
     where, params = filters.sql()
-    keyset, keyset_params = "", []
-    if after is not None:
-        taken_at, image_id = after
-        if taken_at is None:
-            keyset, keyset_params = " AND i.taken_at IS NULL AND i.id < %s", [image_id]
-        else:
-            keyset = " AND (i.taken_at < %s OR (i.taken_at = %s AND i.id < %s) OR i.taken_at IS NULL)"
-            keyset_params = [taken_at, taken_at, image_id]
+    source = (f"FROM images i JOIN embeddings e ON e.image_id = i.id AND e.model_id = {int(model_id)} "
+              f"WHERE {where} AND ({also})")
     with conn.transaction():
         conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        return [tuple(r) for r in conn.execute(
-            f"SELECT i.id, i.taken_at FROM images i WHERE {where}{keyset} AND EXISTS (SELECT 1 FROM embeddings e "
-            f"WHERE e.image_id = i.id AND e.model_id = {int(model_id)}) "
-            "ORDER BY i.taken_at DESC NULLS LAST, i.id DESC LIMIT %s", [*params, *keyset_params, limit])]
+        if order == "newest":
+            keyset, keyset_params = _date_keyset(order, after)
+            return [tuple(r) for r in conn.execute(
+                f"SELECT i.id, i.taken_at {source}{keyset} ORDER BY i.taken_at DESC NULLS LAST, i.id DESC LIMIT %s",
+                [*params, *also_params, *keyset_params, limit])]
+        rows: list[tuple[int, datetime | None]] = []
+        if after is None or after[0] is not None:
+            keyset, keyset_params = _date_keyset(order, after)
+            rows = [tuple(r) for r in conn.execute(
+                f"SELECT i.id, i.taken_at {source}{keyset} AND i.taken_at IS NOT NULL "
+                "ORDER BY i.taken_at ASC NULLS FIRST, i.id ASC LIMIT %s",
+                [*params, *also_params, *keyset_params, limit])]
+        if len(rows) < limit:
+            last = after[1] if after is not None and after[0] is None else 0
+            rows += [tuple(r) for r in conn.execute(
+                f"SELECT i.id, i.taken_at {source} AND i.taken_at IS NULL AND i.id > %s ORDER BY i.id LIMIT %s",
+                [*params, *also_params, last, limit - len(rows)])]
+        return rows
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def date_key(order: str, taken_at: datetime | None, image_id: int) -> tuple:
+    """The sort key of a row in date order, as dated_ids orders (for rows sorted in Python); whole
+    microseconds, as PostgreSQL compares them (a float timestamp cannot tell them all apart)."""
+    if taken_at is None:
+        return (1, 0, -image_id if order == "newest" else image_id)
+    stamp = (taken_at - EPOCH) // timedelta(microseconds=1)
+    return (0, -stamp, -image_id) if order == "newest" else (0, stamp, image_id)

@@ -12,6 +12,9 @@ Parameters (each a list of strings):
   model=<name>    search this model's vectors (a model's key or open_clip name, `clipdex models`);
                   by default the library's default model, or for a Chinese query a multilingual
                   one when the default reads only English
+  strictness=<s>  0..1: how sure a photo must be to count as a match (default 0.5, CLIPDEX_STRICTNESS);
+                  the cut-off adapts to each query (clipdex.search.matches); 0 keeps every photo
+  sort=<order>    relevance (default), newest or oldest: the matches by date taken
   limit=<n>       page size, 1..200 (default 40)
   cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
@@ -29,6 +32,7 @@ from clipdex.search.errors import NotFound, QueryError
 from clipdex.search.filters import Filters, check_text
 
 MODES = ("hybrid", "vector", "text")
+SORTS = ("relevance", "newest", "oldest")
 MAX_PAGE = 200
 DEFAULT_PAGE = 40
 MAX_TERMS = 16            # texts, negative texts and images together
@@ -73,6 +77,17 @@ def parse_like_term(term: str) -> tuple[int, float]:
     if len(value) > len(str(MAX_ID)):
         raise NotFound(f"there is no image {value[:24]}{'…' if len(value) > 24 else ''}")
     return check_image_id(int(value)), weight
+
+
+def parse_strictness(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise QueryError(f"strictness: expected a number from 0 to 1, got {text!r}", field="strictness") from None
+    if not 0 <= value <= 1:
+        raise QueryError("strictness must be between 0 (every photo) and 1 (only the surest matches)",
+                         field="strictness")
+    return value
 
 
 def parse_limit(text: str) -> int:
@@ -125,6 +140,8 @@ class SearchRequest:
     cursor: str | None = None
     mode: str = "hybrid"
     model: str | None = None          # whose vectors to search (default: the library's default model)
+    strictness: float | None = None   # the match cut-off (None: the configured default)
+    sort: str = "relevance"
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]], uploads: Sequence[bytes] = ()) -> "SearchRequest":
@@ -148,11 +165,17 @@ class SearchRequest:
         models = [m.strip() for m in params.pop("model", []) if m.strip()]
         if len(models) > 1:
             raise QueryError("model: give it once", field="model")
+        strictness = [parse_strictness(s) for s in params.pop("strictness", []) if s.strip()]
+        sorts = [s.strip() for s in params.pop("sort", []) if s.strip()]
+        if len(sorts) > 1 or (sorts and sorts[0] not in SORTS) or len(strictness) > 1:
+            raise QueryError(f"sort: one of {', '.join(SORTS)}" if len(strictness) <= 1 else "strictness: give it once",
+                             field="sort" if len(strictness) <= 1 else "strictness")
         filters = Filters.parse(params)
-        if cursor is not None and (not spec.browse or filters.active or modes or models):
+        if cursor is not None and (not spec.browse or filters.active or modes or models or strictness or sorts):
             raise QueryError("cursor: a cursor continues an earlier search as it was; give it alone, or "
                              "start a new search without it", field="cursor")
-        request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid", models[0] if models else None)
+        request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid", models[0] if models else None,
+                      strictness[0] if strictness else None, sorts[0] if sorts else "relevance")
         if cursor is None:
             spec.check()
         return request

@@ -47,13 +47,22 @@ class Hit:
 class Page:
     hits: list[Hit]
     next_cursor: str | None
-    strategy: str         # "exact" or "hnsw" (a search), "newest" (a browse)
+    strategy: str         # "exact" or "hnsw" (a search by relevance), "newest"/"oldest" (by date)
     model: str | None = None   # whose vectors answered
     note: str | None = None    # about that choice, for the user (a query routed to another model)
+    # How many photos match the query (None: no cut-off, every photo is in the list), whether that
+    # is a count or an estimate, the lowest score that matches, and where the weaker photos
+    # (past the cut-off, by relevance) begin.
+    matches: int | None = None
+    matches_exact: bool = False
+    cut_score: float | None = None
+    weaker_cursor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [h.to_dict() for h in self.hits], "next_cursor": self.next_cursor,
-                "strategy": self.strategy, "model": self.model, "note": self.note}
+                "strategy": self.strategy, "model": self.model, "note": self.note, "matches": self.matches,
+                "matches_exact": self.matches_exact, "cut_score": self.cut_score,
+                "weaker_cursor": self.weaker_cursor}
 
 
 def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) -> list[Hit]:

@@ -23,10 +23,11 @@ from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex import model_registry
 from clipdex.search.cursors import Cursor, DateCursor, cursor_model, decode_cursor
-from clipdex.search.filters import Filters, check_text, holding_words
-from clipdex.search.plan import newest_ids, ranked_ids
-from clipdex.search.query_vector import combine, image_vectors, text_vectors, upload_vectors
-from clipdex.search.request import QuerySpec, SearchRequest
+from clipdex.search.filters import Filters, check_text, holding_words, words_in_photo
+from clipdex.search.matches import CutOff, cut_off, share_kept
+from clipdex.search.plan import date_key, dated_ids, image_rows, ranked_ids
+from clipdex.search.query_vector import as_halfvec, combine, image_vectors, text_vectors, upload_vectors
+from clipdex.search.request import MAX_ID, QuerySpec, SearchRequest
 from clipdex.search.errors import QueryError
 from clipdex.search.results import Page, add_snippets, load_hits
 from clipdex.search.words import query_words
@@ -39,6 +40,10 @@ WORDS_EXCLUDED_MAX = 1000   # photos holding a query's words that a later tier l
 # The tiers of a hybrid search, in order, and how each names itself in the strategy line.
 TIER_WRITTEN, TIER_NAMED, TIER_REST = 0, 1, 2
 TIER_NAMES = {TIER_WRITTEN: "written ", TIER_NAMED: "named ", TIER_REST: ""}
+# Matches sorted by date: up to this many are gathered from the index and sorted; more are found
+# by walking the photos in date order, each tested against the cut-off.
+DATE_GATHER_MAX = 3000
+NO_ROW_YET = (-1.0, 1)   # a keyset position before every row of a ranking (distances are >= 0)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,21 @@ def _model(conn: psycopg.Connection, key: str | None) -> tuple[str, int, int, di
 def not_latin(text: str) -> bool:
     """The text has letters of a script other than Latin (Chinese, Japanese, Cyrillic, …)."""
     return any(ch.isalpha() and not unicodedata.name(ch, "").startswith("LATIN") for ch in text)
+
+
+class UnloadableModel:
+    """The encoder of a model whose vectors came from elsewhere (no open_clip name stored): its
+    cached query texts still search, anything else to encode is refused."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def _refuse(self, *_args, **_kwargs):
+        raise QueryError(f"model {self.key} cannot be loaded here (its vectors came from elsewhere); "
+                         "only its cached query texts can be searched", field="model")
+
+    encode_texts = encode_images = preprocess = _refuse
+    image_size = property(_refuse)
 
 
 class SearchService:
@@ -97,26 +117,37 @@ class SearchService:
             cursor = decode_cursor(request.cursor, chosen.dim)
             filters = Filters.parse(cursor.filters)
             if isinstance(cursor, DateCursor):
-                return self._browse(conn, chosen, filters, cursor.limit, (cursor.taken_at, cursor.image_id))
+                after = (cursor.taken_at, cursor.image_id)
+                if cursor.vector is None:
+                    return self._browse(conn, chosen, filters, cursor.limit, after, cursor.order)
+                return self._dated(conn, chosen, cursor.vector, filters, cursor.limit, cursor.phrases, cursor.cut,
+                                   cursor.order, after)
             after = (cursor.distance, cursor.image_id)
             if cursor.phrases:
                 return self._rank_hybrid(conn, chosen, cursor.vector, filters, cursor.limit,
-                                         cursor.phrases, cursor.words_only, cursor.tier, after)
-            return self._rank(conn, chosen, cursor.vector, filters, cursor.limit, after)
+                                         cursor.phrases, cursor.words_only, cursor.tier, after, cursor.cut)
+            return self._rank(conn, chosen, cursor.vector, filters, cursor.limit, after, cursor.cut)
         spec = request.spec.check()
         chosen = self._choose_model(conn, request.model, spec)
         if spec.browse:
-            return self._browse(conn, chosen, request.filters, request.limit, None)
+            return self._browse(conn, chosen, request.filters, request.limit, None,
+                                "oldest" if request.sort == "oldest" else "newest")
         phrases = ()
         if request.mode != "vector":
             phrases = tuple(dict.fromkeys(t.strip() for t, w in spec.texts if w > 0 and query_words(t)))
             if request.mode == "text" and not phrases:
                 raise QueryError("mode=text: give words to look for in the photos (q)", field="mode")
         query = self._query_vector(conn, chosen, spec)
+        strictness = self.settings.strictness if request.strictness is None else request.strictness
+        cut = cut_off(conn, chosen.model_id, query, strictness)
+        if request.sort != "relevance":
+            if request.mode == "text":   # only the photos holding the words: no vector match
+                cut = CutOff(-1.0, 0.0, True)
+            return self._dated(conn, chosen, query, request.filters, request.limit, phrases, cut, request.sort, None)
         if phrases:
             return self._rank_hybrid(conn, chosen, query, request.filters, request.limit, phrases,
-                                     request.mode == "text", 0, None)
-        return self._rank(conn, chosen, query, request.filters, request.limit, None)
+                                     request.mode == "text", 0, None, cut)
+        return self._rank(conn, chosen, query, request.filters, request.limit, None, cut)
 
     def _choose_model(self, conn: psycopg.Connection, asked: str | None, spec: QuerySpec | None, *,
                       from_cursor: bool = False) -> ChosenModel:
@@ -165,27 +196,50 @@ class SearchService:
         from clipdex.model import LazyModel
 
         if not spec.get("name"):
-            raise QueryError(f"model {key} cannot be loaded here (its vectors came from elsewhere)", field="model")
+            return UnloadableModel(key)
         return LazyModel(self.settings.replace(model=spec["name"], pretrained=spec.get("pretrained")))
 
     def similar(self, conn: psycopg.Connection, image_id: int, limit: int = SIMILAR_PAGE) -> Page:
         """More like an indexed image: the nearest other photos (as psql's similar_to)."""
+        # A list of neighbours, nearest first, not a set of matches: no cut-off.
         return self.search(conn, SearchRequest(QuerySpec(image_ids=[(image_id, 1.0)]),
-                                               Filters(exclude=(image_id,)), limit=limit))
+                                               Filters(exclude=(image_id,)), limit=limit, strictness=0.0))
 
     def _rank(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
-              limit: int, after: tuple[float, int] | None) -> Page:
-        rows, strategy, _filtered = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, limit + 1, after,
-                                               iterative=self.database.info.iterative_scan,
-                                               ef_search=self.settings.ef_search)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = None
-        if more and rows:
+              limit: int, after: tuple[float, int] | None, cut: CutOff | None = None) -> Page:
+        found, strategy, _filtered = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, limit + 1, after,
+                                                iterative=self.database.info.iterative_scan,
+                                                ef_search=self.settings.ef_search)
+        kept = found if cut is None else [row for row in found if cut.keeps(row[1])]
+        more = len(kept) > limit
+        rows = kept[:limit]
+        next_cursor = weaker = None
+        if more:
             next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0],
-                                 model=chosen.key).encode()
-        return Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy,
-                    chosen.key, chosen.note)
+                                 model=chosen.key, cut=cut).encode()
+        elif len(kept) < len(found):   # the cut-off ended the matches: the weaker photos follow
+            last = (rows[-1][1], rows[-1][0]) if rows else after or NO_ROW_YET
+            weaker = Cursor(query, filters.to_params(), limit, *last, model=chosen.key).encode()
+        page = Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy,
+                    chosen.key, chosen.note, weaker_cursor=weaker)
+        return self._counted(conn, page, cut, filters, complete=after is None and not more)
+
+    @staticmethod
+    def _counted(conn: psycopg.Connection, page: Page, cut: CutOff | None, filters: Filters, *,
+                 complete: bool, extra: int = 0, exact: bool = True) -> Page:
+        """The page says how many photos match: all of them when the first page holds them all,
+        else the cut-off's count (times the share of photos the filters keep), plus ``extra``
+        photos matched by their words."""
+        if cut is None:
+            return page
+        page.cut_score = None if cut.nothing else 1.0 - cut.distance
+        if complete:
+            page.matches, page.matches_exact = len(page.hits), True
+            return page
+        share = share_kept(conn, *filters.sql()) if filters.active else 1.0
+        page.matches = int(round(cut.matches * share)) + extra
+        page.matches_exact = cut.counted and not filters.active and exact
+        return page
 
     @staticmethod
     def _with_snippets(conn: psycopg.Connection, hits: list, filters: Filters) -> list:
@@ -198,17 +252,18 @@ class SearchService:
 
     def _rank_hybrid(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
                      limit: int, phrases: tuple[str, ...], words_only: bool, tier: int,
-                     after: tuple[float, int] | None) -> Page:
+                     after: tuple[float, int] | None, cut: CutOff | None = None) -> Page:
         """Words people type are often words in the photo or about it (a shop name, a flight
         number, a caption, an album "Kyoto 2019"). Three tiers: the photos whose recognised text or
         caption holds one of the query's phrases, then those with it only in an album or file name,
         then (unless ``words_only``) every other photo. Each tier is ranked by the vector and paged
         by (distance, id); the cursor says which tier the page ended in. A fused score (reciprocal
         rank fusion) would let a strong vector match outrank the photo with the very words typed,
-        and could not be paged by a key of the row alone (README, "Searching")."""
+        and could not be paged by a key of the row alone (README, "Searching"). A photo holding the
+        words is a match whatever its vector; the rest must pass the cut-off."""
         anywhere = holding_words(conn, phrases, "all", WORDS_EXCLUDED_MAX + 1)
         if not anywhere:   # no photo holds the words (or no text was read): the plain vector ranking
-            return self._rank(conn, chosen, query, filters, limit, after if tier == TIER_REST else None)
+            return self._rank(conn, chosen, query, filters, limit, after if tier == TIER_REST else None, cut)
         in_photo = holding_words(conn, phrases, "caption", WORDS_EXCLUDED_MAX + 1)
         # A later tier leaves out the photos of the earlier ones by id when they are few (cheap per
         # candidate), else by the same word tests negated.
@@ -222,6 +277,7 @@ class SearchService:
                  (TIER_REST, leave_out(anywhere, replace(filters, unnamed=phrases)), not words_only)]
         rows: list[tuple[int, float, int]] = []
         strategies = []
+        cut_short = False   # the cut-off ended the rest tier's matches
         for this_tier, tier_filters, wanted in tiers:
             if this_tier < tier or len(rows) > limit or not wanted:
                 continue
@@ -229,32 +285,123 @@ class SearchService:
                                             after if this_tier == tier else None,
                                             iterative=self.database.info.iterative_scan,
                                             ef_search=self.settings.ef_search)
+            if this_tier == TIER_REST and cut is not None:
+                kept = [row for row in found if cut.keeps(row[1])]
+                cut_short, found = len(kept) < len(found), kept
             rows += [(image_id, distance, this_tier) for image_id, distance in found]
             strategies.append(TIER_NAMES[this_tier] + strategy)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = None
-        if more and rows:
+        next_cursor = weaker = None
+        if more:
             last_id, last_distance, last_tier = rows[-1]
             next_cursor = Cursor(query, filters.to_params(), limit, last_distance, last_id, phrases, last_tier,
-                                 words_only, chosen.key).encode()
+                                 words_only, chosen.key, cut).encode()
+        elif cut_short:   # the weaker photos of the rest tier follow, with no cut-off
+            rest = [(distance, image_id) for image_id, distance, t in rows if t == TIER_REST]
+            last = rest[-1] if rest else (after if tier == TIER_REST and after else NO_ROW_YET)
+            weaker = Cursor(query, filters.to_params(), limit, *last, phrases, TIER_REST, words_only,
+                            chosen.key).encode()
         hits = load_hits(conn, [(image_id, distance) for image_id, distance, _ in rows])
         with_words = {image_id for image_id, _, t in rows if t != TIER_REST}
         for hit in hits:
             hit.written = hit.id in with_words
         add_snippets(conn, [h for h in hits if h.written], phrases)
-        return Page(hits, next_cursor, ", then ".join(strategies), chosen.key, chosen.note)
+        page = Page(hits, next_cursor, ", then ".join(strategies), chosen.key, chosen.note, weaker_cursor=weaker)
+        return self._counted(conn, page, cut, filters, complete=after is None and tier == 0 and not more,
+                             extra=len(anywhere), exact=len(anywhere) <= WORDS_EXCLUDED_MAX)
 
     def _browse(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters, limit: int,
-                after: tuple[datetime | None, int] | None) -> Page:
-        rows = newest_ids(conn, chosen.model_id, filters, limit + 1, after)
+                after: tuple[datetime | None, int] | None, order: str = "newest") -> Page:
+        rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more and rows:
-            next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0]).encode()
+            next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0], order).encode()
         return Page(self._with_snippets(conn, load_hits(conn, [(image_id, None) for image_id, _ in rows]), filters),
-                    next_cursor, "newest", chosen.key)
+                    next_cursor, order, chosen.key)
+
+    def _dated(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters, limit: int,
+               phrases: tuple[str, ...], cut: CutOff | None, order: str,
+               after: tuple[datetime | None, int] | None) -> Page:
+        """A search's matches by date taken (newest or oldest first): the photos within the cut-off
+        or holding the query's words. Few matches are gathered from the index and sorted; many are
+        found by walking the photos in date order (the taken_at index), each tested against the
+        cut-off, which stops after a page. With no cut-off every photo matches: a browse."""
+        words, word_params = words_in_photo(phrases, "all") if phrases else ("FALSE", [])
+        strategy, counted = order, None
+        if cut is None:
+            rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order)
+        else:
+            gathered = self._gather(conn, chosen, query, filters, cut, words, word_params, limit)
+            if gathered is not None:
+                counted = len(gathered)
+                keys = sorted((date_key(order, taken_at, image_id), image_id, taken_at)
+                              for image_id, taken_at in gathered.items())
+                start = date_key(order, *after) if after is not None else None
+                rows = [(image_id, taken_at) for key, image_id, taken_at in keys if start is None or key > start]
+                rows = rows[:limit + 1]
+                strategy = f"{order}, gathered"
+            else:
+                rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order,
+                                 also=f"(e.embedding <=> %s::halfvec <= %s OR {words})",
+                                 also_params=[as_halfvec(query), cut.distance, *word_params])
+                strategy = f"{order}, walked"
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more:
+            next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0], order, query, cut, phrases,
+                                     chosen.key).encode()
+        distances = dict(conn.execute(
+            f"SELECT image_id, embedding <=> %s::halfvec FROM embeddings WHERE model_id = {int(chosen.model_id)} "
+            "AND image_id = ANY(%s)", (as_halfvec(query), [image_id for image_id, _ in rows])))
+        hits = load_hits(conn, [(image_id, distances.get(image_id)) for image_id, _ in rows])
+        if phrases:
+            add_snippets(conn, hits, phrases)
+            for hit in hits:
+                hit.written = hit.snippet is not None
+        page = Page(self._with_snippets(conn, hits, filters), next_cursor, strategy, chosen.key, chosen.note)
+        if cut is not None and not cut.nothing:   # the photos past the cut-off, by relevance
+            # (none when nothing matched: a search by relevance shows how far off the photos are)
+            page.weaker_cursor = Cursor(query, filters.to_params(), limit, cut.distance, MAX_ID,
+                                        model=chosen.key).encode()
+        if counted is not None:
+            page.cut_score = None if cut.nothing else 1.0 - cut.distance
+            page.matches, page.matches_exact = counted, True
+            return page
+        return self._counted(conn, page, cut, filters, complete=after is None and not more)
+
+    def _gather(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
+                cut: CutOff, words: str, word_params: list, limit: int) -> dict[int, datetime | None] | None:
+        """id -> taken_at of every match the filters keep, when they are few enough to gather;
+        None when there are more (the caller walks the photos in date order instead)."""
+        where, params = filters.sql()
+        ids: set[int] = set()
+        if not cut.nothing:
+            pool = min(2 * DATE_GATHER_MAX, int(1.5 * cut.matches) + 100)
+            # Walking reads about limit / (share of photos that match) rows, a distance each;
+            # gathering ranks the pool through the index, which costs more per row: it wins
+            # only for matches that are few, or rare in the library.
+            walked = limit * image_rows(conn) / max(1.0, cut.matches)
+            if (not cut.counted and cut.matches > DATE_GATHER_MAX) or 2 * pool > walked:
+                return None
+            found, _, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, pool, None,
+                                     iterative=self.database.info.iterative_scan, ef_search=self.settings.ef_search)
+            kept = [image_id for image_id, distance in found if cut.keeps(distance)]
+            if len(kept) == pool:   # the pool is all matches: there may be more
+                return None
+            ids.update(kept)
+        if words != "FALSE":
+            held = [r[0] for r in conn.execute(
+                f"SELECT i.id FROM images i WHERE {where} AND {words} AND EXISTS (SELECT 1 FROM embeddings e "
+                f"WHERE e.image_id = i.id AND e.model_id = {int(chosen.model_id)}) LIMIT %s",
+                [*params, *word_params, DATE_GATHER_MAX + 1])]
+            if len(held) > DATE_GATHER_MAX:
+                return None
+            ids.update(held)
+        return dict(conn.execute("SELECT id, taken_at FROM images WHERE id = ANY(%s)", (sorted(ids),)).fetchall())
 
     def cache_texts(self, conn: psycopg.Connection, texts: list[str]) -> None:
         """Embeds texts into the text cache of the default model, the one psql searches with

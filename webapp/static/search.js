@@ -12,12 +12,14 @@ const chips = document.getElementById("chips");
 const drop = document.getElementById("drop");
 const fileInput = document.getElementById("image");
 const filtersPanel = document.getElementById("filters");
+const weakerButton = document.getElementById("weaker");
+const strictnessInput = form.strictness;
 
 const DEFAULT_LIMIT = 40;
 const CACHE_KEY = "clipdex:grid";      // the grid as last shown, to come back to
 const IDS_KEY = "clipdex:ids";         // the ids in view, for previous/next on a photo's page
 const FOCUS_KEY = "clipdex:focus";     // the photo to come back to
-const NOT_FILTERS = new Set(["q", "not", "like", "upload", "limit"]);
+const NOT_FILTERS = new Set(["q", "not", "like", "upload", "limit", "sort", "strictness"]);
 const FIELD_NAMES = { q: "Search text", not: "But not", like: "Example image", upload: "Example image",
                       image: "Example image", cursor: "Next page", limit: "Page size" };
 
@@ -26,6 +28,9 @@ let limit = DEFAULT_LIMIT;
 let nextCursor = null;
 let order = "";
 let loading = false;
+let weakerCursor = null;   // where the photos past the cut-off begin, by relevance
+let matchesText = "";      // "about 120 matches"
+let lastGroup = null;      // the month heading the grid ends with (photos sorted by date)
 
 function say(text, isError = false) {
   message.textContent = text;
@@ -71,6 +76,8 @@ function currentParams() {
   const params = new URLSearchParams();
   for (const [key, value] of new FormData(form).entries()) {
     if (key === "image" || value === "") continue;
+    if (key === "sort" && value === "relevance") continue;                      // the defaults stay
+    if (key === "strictness" && value === strictnessInput.dataset.default) continue;   // out of the address
     params.append(key, value);
   }
   examples.likes.forEach((id) => params.append("like", id));
@@ -255,35 +262,62 @@ function moreLike(id) {
   runSearch();
 }
 
-function show(page, append) {
-  if (!append) results.replaceChildren();
-  page.results.forEach((hit) => results.append(tile(hit)));
+// Photos sorted by date read as a timeline: a heading for each month.
+function group(hit) {
+  return hit.taken_at ? new Date(hit.taken_at).toLocaleDateString(undefined, { year: "numeric", month: "long" })
+                      : "Date unknown";
+}
+
+function heading(text) {
+  const h = document.createElement("h3");
+  h.className = "day";
+  h.textContent = text;
+  return h;
+}
+
+function show(page, append, weaker = false) {
+  if (!append) { results.replaceChildren(); lastGroup = null; }
+  const byDate = /^(newest|oldest)/.test(page.strategy);
+  if (weaker) results.append(heading("Weaker matches"));
+  page.results.forEach((hit) => {
+    if (byDate && group(hit) !== lastGroup) results.append(heading(lastGroup = group(hit)));
+    results.append(tile(hit));
+  });
   const all = tiles();
   if (all.length && !all.some((t) => t.tabIndex === 0)) all[0].tabIndex = 0;
   nextCursor = page.next_cursor;
-  // Which model's vectors answered, and why when it is not the default (a query in Chinese).
   if (!append) {
-    order = (page.strategy === "newest" ? "newest first" : "best match first")
-      + (page.model && page.strategy !== "newest" ? `, by ${page.model}` : "")
+    // Which model's vectors answered, and why when it is not the default (a query in Chinese).
+    const first = byDate ? `${page.strategy.split(",")[0]} first` : "best match first";
+    order = first + (page.model && !/^(newest|oldest)$/.test(page.strategy) ? `, by ${page.model}` : "")
       + (page.note ? `. Note: ${page.note}` : "");
+    matchesText = page.matches == null ? "" : `${page.matches_exact ? "" : "about "}${page.matches} matches`;
   }
+  if (!weaker && !append) weakerCursor = page.weaker_cursor || null;
+  else if (!weaker && page.weaker_cursor) weakerCursor = page.weaker_cursor;
+  if (weaker) weakerCursor = null;
   more.hidden = !nextCursor;
+  weakerButton.hidden = !(weakerCursor && !nextCursor);
   describe();
   remember();
 }
 
 function describe() {
   const count = tiles().length;
-  if (!count) say("No photos match. Try other words, or fewer filters.");
-  else say(`${count}${nextCursor ? "+" : ""} photos, ${order}.`);
+  const matched = matchesText ? `${matchesText[0].toUpperCase()}${matchesText.slice(1)}: ` : "";
+  if (!count) say(matched ? `${matched}no photo is close enough${weakerCursor ? " (show weaker matches below)" : ""}.`
+                          : "No photos match. Try other words, or fewer filters.");
+  else say(`${matched}${count}${nextCursor ? "+" : ""} photos, ${order}.`);
 }
 
 // --- coming back ----------------------------------------------------------------------------------
 
 function remember() {
   const hits = tiles().map((t) => ({ id: Number(t.dataset.id), html: t.parentElement.outerHTML }));
-  sessionStorage.setItem(CACHE_KEY, JSON.stringify({ address: location.pathname + location.search, hits, nextCursor,
-                                                       order, scrollY: window.scrollY }));
+  sessionStorage.setItem(CACHE_KEY, JSON.stringify({ address: location.pathname + location.search, hits,
+                                                       html: results.innerHTML, nextCursor,
+                                                       order, weakerCursor, matchesText, lastGroup,
+                                                       scrollY: window.scrollY }));
   sessionStorage.setItem(IDS_KEY, JSON.stringify({ address: location.pathname + location.search,
                                                      ids: hits.map((h) => h.id) }));
 }
@@ -291,14 +325,18 @@ function remember() {
 function restoreGrid() {
   const saved = JSON.parse(sessionStorage.getItem(CACHE_KEY) || "null");
   if (!saved || saved.address !== location.pathname + location.search || !saved.hits.length) return false;
-  results.innerHTML = saved.hits.map((h) => h.html).join("");
+  results.innerHTML = saved.html || saved.hits.map((h) => h.html).join("");
   results.querySelectorAll(".cell").forEach((cell) => {
     const id = Number(cell.querySelector(".tile").dataset.id);
     cell.querySelector(".like").addEventListener("click", () => moreLike(id));
   });
   nextCursor = saved.nextCursor;
   order = saved.order;
+  weakerCursor = saved.weakerCursor || null;
+  matchesText = saved.matchesText || "";
+  lastGroup = saved.lastGroup || null;
   more.hidden = !nextCursor;
+  weakerButton.hidden = !(weakerCursor && !nextCursor);
   describe();
   const focus = sessionStorage.getItem(FOCUS_KEY);
   const target = focus && results.querySelector(`.tile[data-id="${CSS.escape(focus)}"]`);
@@ -381,7 +419,20 @@ async function loadMore() {
 }
 
 form.addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
-form.addEventListener("change", (event) => { if (event.target.closest("#filters")) runSearch(); });
+form.addEventListener("change", (event) => { if (event.target.closest("#filters, #order")) runSearch(); });
+strictnessInput.addEventListener("input", () => { document.getElementById("strictness-value").textContent = strictnessInput.value; });
+weakerButton.addEventListener("click", async () => {
+  if (!weakerCursor || loading) return;
+  loading = true;
+  try {
+    show(await fetchPage("/api/search?cursor=" + encodeURIComponent(weakerCursor)), true, true);
+  } catch (error) {
+    if (error instanceof RequestFailed) showError(error.error);
+    else say(error.message, true);
+  } finally {
+    if (!inFlight) loading = false;
+  }
+});
 fileInput.addEventListener("change", () => { addFiles(fileInput.files); fileInput.value = ""; });
 drop.addEventListener("keydown", (event) => {
   if (event.key === "Enter" || event.key === " ") { event.preventDefault(); fileInput.click(); }
@@ -416,6 +467,7 @@ new IntersectionObserver((entries) => { if (entries.some((e) => e.isIntersecting
     });
   }
   filtersPanel.open = filtered;
+  document.getElementById("strictness-value").textContent = strictnessInput.value;
   renderChips();
   const navigation = performance.getEntriesByType("navigation")[0];
   const returning = navigation && (navigation.type === "back_forward" || navigation.type === "reload");
