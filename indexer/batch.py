@@ -160,7 +160,18 @@ def _write(rt: Runtime, work: store.BatchWork, outcome: store.BatchOutcome) -> d
                 with conn.transaction():
                     if not store.claim_batch(conn, work.run_id, work.batch_no):
                         return None
-                    return store.write_batch(conn, work, outcome, rt.worker_name)
+                    counts = store.write_batch(conn, work, outcome, rt.worker_name)
+                    # Where the batch's photos were taken; the run's last batch also names any
+                    # photo of the library still unnamed (after an upgrade).
+                    try:
+                        with conn.transaction():
+                            store.fill_places(conn, None if counts["finished_run"] else counts["image_ids"])
+                    except Exception as exc:   # a place is a nicety: never worth the batch
+                        if isinstance(exc, psycopg.OperationalError):
+                            raise
+                        log.warning("run %s batch %s: cannot name the photos' places: %s", work.run_id,
+                                    work.batch_no, exc)
+                    return counts
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise

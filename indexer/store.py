@@ -246,6 +246,40 @@ def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
     return True
 
 
+# --- places -------------------------------------------------------------------------------------
+
+
+PLACES_PER_PASS = 200_000
+
+
+def fill_places(conn: psycopg.Connection, image_ids: list[int] | None = None) -> int:
+    """Names where the photos with GPS and no place yet were taken (those of ``image_ids``, or up
+    to PLACES_PER_PASS of the library: what an upgrade left unnamed). Returns how many it named."""
+    from clipdex.places import country_names, nearest_places
+    from clipdex.search.words import compact, quoted, text_words
+
+    if image_ids is not None and not image_ids:
+        return 0
+    rows = conn.execute(
+        "SELECT id, latitude, longitude FROM images WHERE latitude IS NOT NULL AND place_code IS NULL "
+        "AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s)) ORDER BY id LIMIT %(limit)s",
+        {"ids": image_ids, "limit": PLACES_PER_PASS}).fetchall()
+    if not rows:
+        return 0
+    places = nearest_places([(float(lat), float(lon)) for _, lat, lon in rows])
+    names = [(p.name, p.region, *country_names(p.country)) for p in places]
+    conn.execute(
+        "UPDATE images i SET place_name = n.name, place_region = n.region, place_country = n.country, "
+        "place_code = n.code, place_words = n.words::tsvector, place_compact = n.compact "
+        "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+        "AS n(id, name, region, country, code, words, compact) WHERE i.id = n.id",
+        ([r[0] for r in rows], [storable(p.name) for p in places], [storable(p.region) for p in places],
+         [n[2] if len(n) > 2 else None for n in names], [p.country or "" for p in places],
+         [" ".join(quoted(w) for w in text_words(" ".join(n))) for n in names],
+         ["|".join(compact(part) for part in n) for n in names]))
+    return len(rows)
+
+
 # --- what is already indexed ------------------------------------------------------------------
 
 

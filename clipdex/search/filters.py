@@ -67,10 +67,11 @@ def _split_values(values: Iterable[str]) -> list[str]:
     return [v.strip() for value in values for v in str(value).split(",") if v.strip()]
 
 
-def _phrase_tests(alias: str, phrases: Sequence[str], compact_sql: str, weights: str = "") -> tuple[str, list[Any]]:
+def _phrase_tests(alias: str, phrases: Sequence[str], compact_sql: str, weights: str = "",
+                  words: str = "words") -> tuple[str, list[Any]]:
     tests, params = [], []
     for phrase in phrases:
-        tests.append(f"({alias}.words @@ %s::tsquery AND strpos({compact_sql}, %s) > 0)")
+        tests.append(f"({alias}.{words} @@ %s::tsquery AND strpos({compact_sql}, %s) > 0)")
         params += [tsquery_of(query_words(phrase), weights), compact(phrase)]
     return " OR ".join(tests), params
 
@@ -86,15 +87,27 @@ def _word_tests(phrases: Sequence[str], names: str) -> tuple[str, str, list[Any]
     return ocr, named, ocr_params + named_params
 
 
+def _place_tests(alias: str, phrases: Sequence[str]) -> tuple[str, list[Any]]:
+    """One of ``phrases`` is in the names of the place where the photo was taken (an album-like
+    name: "Kyoto" finds the photos taken there whatever the model or the caption say)."""
+    return _phrase_tests(alias, phrases, f"{alias}.place_compact", words="place_words")
+
+
 def _holding_sql(phrases: Sequence[str], names: str) -> tuple[str, list[Any]]:
     ocr, named, params = _word_tests(phrases, names)
-    return (f"SELECT t.image_id FROM image_texts t WHERE {ocr} "
-            f"UNION ALL SELECT l.image_id FROM locations l WHERE {named}"), params
+    sql = (f"SELECT t.image_id FROM image_texts t WHERE {ocr} "
+           f"UNION ALL SELECT l.image_id FROM locations l WHERE {named}")
+    if names == "all":
+        placed, placed_params = _place_tests("p", phrases)
+        sql += f" UNION ALL SELECT p.id FROM images p WHERE {placed}"
+        params = params + placed_params
+    return sql, params
 
 
 def words_in_photo(phrases: Sequence[str], names: str, negate: bool = False) -> tuple[str, list[Any]]:
     """SQL over ``images i``: one of ``phrases`` is written in the photo (OCR) or in its caption
-    (``names="caption"``), or also in an album or file name of one of its copies (``names="all"``);
+    (``names="caption"``), or also in an album or file name of one of its copies or in the name of
+    the place it was taken (``names="all"``);
     with ``negate``, none is anywhere there. The GIN indexes find the photos holding every word of
     a phrase; the check on the text without spaces keeps those where the words stand together, as
     typed. The photos holding a phrase are gathered once into an array (a hashed lookup per
@@ -102,8 +115,13 @@ def words_in_photo(phrases: Sequence[str], names: str, negate: bool = False) -> 
     EXISTS … OR EXISTS, which PostgreSQL probes photo by photo); none holding one is two anti-joins."""
     if negate:
         ocr, named, params = _word_tests(phrases, names)
-        return (f"NOT EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND ({ocr})) AND "
-                f"NOT EXISTS (SELECT 1 FROM locations l WHERE l.image_id = i.id AND ({named}))", params)
+        sql = (f"NOT EXISTS (SELECT 1 FROM image_texts t WHERE t.image_id = i.id AND ({ocr})) AND "
+               f"NOT EXISTS (SELECT 1 FROM locations l WHERE l.image_id = i.id AND ({named}))")
+        if names == "all":
+            placed, placed_params = _place_tests("i", phrases)
+            sql += f" AND NOT coalesce({placed}, false)"
+            params = params + placed_params
+        return sql, params
     holding, params = _holding_sql(phrases, names)
     return f"i.id = ANY(ARRAY({holding}))", params
 
@@ -135,7 +153,9 @@ class Filters:
     favorite: bool | None = None
     path: str | None = None              # "root/relative/prefix"
     exclude: tuple[int, ...] = ()        # image ids to leave out (the photo itself, for "more like this")
-    text: str | None = None              # words in the photo (OCR), its caption, album or file name
+    text: str | None = None              # words in the photo (OCR), its caption, album, file name or place
+    place: str | None = None             # a town, region or country where it was taken (any case; 日本 too)
+    person: str | None = None            # a person the export names in it (Takeout's people; any case)
     # Set by the search service for a hybrid search, never parsed from a request: one of these
     # phrases is in the photo's text or caption / is not; is in any of its names / is not (the
     # tiers of a hybrid ranking).
@@ -145,7 +165,8 @@ class Filters:
     unnamed: tuple[str, ...] = ()
 
     NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
-             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude", "text")
+             "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude", "text",
+             "place", "person")
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]]) -> "Filters":
@@ -219,6 +240,11 @@ class Filters:
             if not query_words(v):
                 raise QueryError(f"text: {v!r} has no letters or digits to look for", field="text")
             values["text"] = v.strip()
+        for name in ("place", "person"):
+            if (v := one(name)) is not None:
+                if len(v) > MAX_PHRASE or not compact(v):
+                    raise QueryError(f"{name}: a name of at most {MAX_PHRASE} characters with letters in it", field=name)
+                values[name] = v.strip()
         return cls(**values)
 
     def to_params(self) -> dict[str, list[str]]:
@@ -259,6 +285,7 @@ class Filters:
             (list(self.format), "i.format = ANY(%s)"),
             (self.camera_make, "lower(i.camera_make) = lower(%s)"),
             (self.camera_model, "lower(i.camera_model) = lower(%s)"),
+            (self.person, "clipdex_people(i.extra) @> ARRAY[lower(%s)]"),
         ):
             if value:
                 clauses.append(clause)
@@ -280,6 +307,9 @@ class Filters:
         if self.exclude:
             clauses.append("i.id <> ALL(%s)")
             params.append(list(self.exclude))
+        if self.place:   # one of the place's names as a whole ("Kyoto", "japan", "日本"), through its GIN index
+            clauses.append("(i.place_words @@ %s::tsquery AND strpos('|' || i.place_compact || '|', %s) > 0)")
+            params += [tsquery_of(query_words(self.place)), f"|{compact(self.place)}|"]
         for phrases, names, negate in (((self.text,) if self.text else (), "all", False),
                                        (self.written, "caption", False), (self.unwritten, "caption", True),
                                        (self.named, "all", False), (self.unnamed, "all", True)):

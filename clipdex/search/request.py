@@ -15,6 +15,7 @@ Parameters (each a list of strings):
   strictness=<s>  0..1: how sure a photo must be to count as a match (default 0.5, CLIPDEX_STRICTNESS);
                   the cut-off adapts to each query (clipdex.search.matches); 0 keeps every photo
   sort=<order>    relevance (default), newest or oldest: the matches by date taken
+  facets=true     also count the matches by year, source, album, place, person and camera
   limit=<n>       page size, 1..200 (default 40)
   cursor=<c>      the next page of an earlier search (given alone, or with limit, which it overrides)
   and the filters of :class:`Filters`. Uploaded example images come beside the parameters.
@@ -142,6 +143,7 @@ class SearchRequest:
     model: str | None = None          # whose vectors to search (default: the library's default model)
     strictness: float | None = None   # the match cut-off (None: the configured default)
     sort: str = "relevance"
+    facets: bool = False              # count the matches by facet (first pages only)
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]], uploads: Sequence[bytes] = ()) -> "SearchRequest":
@@ -170,12 +172,17 @@ class SearchRequest:
         if len(sorts) > 1 or (sorts and sorts[0] not in SORTS) or len(strictness) > 1:
             raise QueryError(f"sort: one of {', '.join(SORTS)}" if len(strictness) <= 1 else "strictness: give it once",
                              field="sort" if len(strictness) <= 1 else "strictness")
+        facets = [f.strip().lower() for f in params.pop("facets", []) if f.strip()]
+        if len(facets) > 1 or (facets and facets[0] not in ("true", "false", "1", "0")):
+            raise QueryError("facets: true or false", field="facets")
         filters = Filters.parse(params)
-        if cursor is not None and (not spec.browse or filters.active or modes or models or strictness or sorts):
+        if cursor is not None and (not spec.browse or filters.active or modes or models or strictness or sorts
+                                   or facets):
             raise QueryError("cursor: a cursor continues an earlier search as it was; give it alone, or "
                              "start a new search without it", field="cursor")
         request = cls(spec, filters, limit, cursor, modes[0] if modes else "hybrid", models[0] if models else None,
-                      strictness[0] if strictness else None, sorts[0] if sorts else "relevance")
+                      strictness[0] if strictness else None, sorts[0] if sorts else "relevance",
+                      bool(facets) and facets[0] in ("true", "1"))
         if cursor is None:
             spec.check()
         return request

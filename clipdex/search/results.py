@@ -29,6 +29,7 @@ class Hit:
     root: str | None
     path: str | None
     favorite: bool
+    place: str | None = None               # the town, region and country it was taken in
     written: bool = False                  # the query's words are in the photo's text (OCR) or names
     snippet: str | None = None             # the line of its text (or the name) that holds them
     marks: list[tuple[int, int]] | None = None   # [start, end) of the words within the snippet
@@ -57,12 +58,16 @@ class Page:
     matches_exact: bool = False
     cut_score: float | None = None
     weaker_cursor: str | None = None
+    # facet -> [{"value", "count", "filter"}] when asked for (clipdex.search.facets); partial when
+    # the matches were too many to count them all (the best FACET_SCOPE by relevance were).
+    facets: dict[str, list[dict[str, Any]]] | None = None
+    facets_partial: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [h.to_dict() for h in self.hits], "next_cursor": self.next_cursor,
                 "strategy": self.strategy, "model": self.model, "note": self.note, "matches": self.matches,
                 "matches_exact": self.matches_exact, "cut_score": self.cut_score,
-                "weaker_cursor": self.weaker_cursor}
+                "weaker_cursor": self.weaker_cursor, "facets": self.facets, "facets_partial": self.facets_partial}
 
 
 def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) -> list[Hit]:
@@ -70,19 +75,19 @@ def load_hits(conn: psycopg.Connection, rows: list[tuple[int, float | None]]) ->
     has no distance)."""
     details = {r[0]: r for r in conn.execute(
         "SELECT p.id, p.taken_at, p.width, p.height, p.format, p.source, p.sources, p.album, p.root, p.path, "
-        "p.favorite FROM photos p WHERE p.id = ANY(%s)", ([i for i, _ in rows],))}
+        "p.favorite, nullif(p.place, '') FROM photos p WHERE p.id = ANY(%s)", ([i for i, _ in rows],))}
     return [Hit(i, None if d is None else 1.0 - d, d, *details[i][1:]) for i, d in rows if i in details]
 
 
 SNIPPET_LENGTH = 80
 
 
-SNIPPET_FIELDS = ("text", "caption", "album", "file name")
+SNIPPET_FIELDS = ("text", "caption", "album", "file name", "place")
 
 
 def add_snippets(conn: psycopg.Connection, hits: list[Hit], phrases: tuple[str, ...]) -> None:
     """For hits holding a phrase: the line of the photo's text that holds it, else its caption,
-    album or file name (cut to SNIPPET_LENGTH around it), where the phrase stands in it, and which
+    album, file name or place (cut to SNIPPET_LENGTH around it), where the phrase stands in it, and which
     of those it is, for the page to highlight and label."""
     if not hits:
         return
@@ -98,6 +103,10 @@ def add_snippets(conn: psycopg.Connection, hits: list[Hit], phrases: tuple[str, 
     for image_id, album, relpath in conn.execute(
             "SELECT image_id, album, relpath FROM locations WHERE image_id = ANY(%s) ORDER BY id", (ids,)):
         lines[image_id] += [("album", album or ""), ("file name", PurePosixPath(relpath).name)]
+    for image_id, place in conn.execute(
+            "SELECT id, concat_ws(', ', place_name, nullif(place_region, place_name), place_country) FROM images "
+            "WHERE id = ANY(%s) AND place_code IS NOT NULL", (ids,)):
+        lines[image_id].append(("place", place))
     for hit in hits:
         for field, line in sorted(lines[hit.id], key=lambda item: SNIPPET_FIELDS.index(item[0])):
             span = next((found for phrase in phrases if (found := locate(line, phrase))), None)

@@ -23,6 +23,7 @@ from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex import model_registry
 from clipdex.search.cursors import Cursor, DateCursor, cursor_model, decode_cursor
+from clipdex.search.facets import facet_counts, library_state
 from clipdex.search.filters import Filters, check_text, holding_words, words_in_photo
 from clipdex.search.matches import CutOff, cut_off, share_kept
 from clipdex.search.plan import date_key, dated_ids, image_rows, ranked_ids
@@ -43,6 +44,7 @@ TIER_NAMES = {TIER_WRITTEN: "written ", TIER_NAMED: "named ", TIER_REST: ""}
 # Matches sorted by date: up to this many are gathered from the index and sorted; more are found
 # by walking the photos in date order, each tested against the cut-off.
 DATE_GATHER_MAX = 3000
+FACET_SCOPE = 3000   # matches counted by facet at most (the best by relevance)
 NO_ROW_YET = (-1.0, 1)   # a keyset position before every row of a ranking (distances are >= 0)
 
 
@@ -99,6 +101,7 @@ class SearchService:
         self.model = model if model is not None else LazyModel(settings)
         self._model_key = model_key
         self.decode_budget = decode_budget
+        self._whole_library_facets: tuple[tuple, dict] | None = None   # (library state, counts)
 
     @cached_property
     def model_key(self) -> str:
@@ -130,8 +133,31 @@ class SearchService:
         spec = request.spec.check()
         chosen = self._choose_model(conn, request.model, spec)
         if spec.browse:
-            return self._browse(conn, chosen, request.filters, request.limit, None,
+            page = self._browse(conn, chosen, request.filters, request.limit, None,
                                 "oldest" if request.sort == "oldest" else "newest")
+            if request.facets:
+                page.facets = self._library_facets(conn, chosen, request.filters)
+            return page
+        page, query, phrases, cut = self._first_page(conn, chosen, spec, request)
+        if request.facets:
+            ids, page.facets_partial = self._matched_ids(conn, chosen, request.filters, query, phrases, cut)
+            page.facets = (self._library_facets(conn, chosen, request.filters) if ids is None
+                           else facet_counts(conn, request.filters, ids))
+        return page
+
+    def _library_facets(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters) -> dict:
+        """Facets of every photo the filters keep; those of the whole library are kept until it changes."""
+        if filters.active:
+            return facet_counts(conn, filters, None)
+        state = (chosen.model_id, library_state(conn))
+        if self._whole_library_facets is None or self._whole_library_facets[0] != state:
+            self._whole_library_facets = (state, facet_counts(conn, filters, None))
+        return self._whole_library_facets[1]
+
+    def _first_page(self, conn: psycopg.Connection, chosen: ChosenModel, spec: QuerySpec,
+                    request: SearchRequest) -> tuple[Page, np.ndarray, tuple[str, ...], CutOff | None]:
+        """The first page of a search, and what its facets need: the query vector, its phrases
+        and its cut-off."""
         phrases = ()
         if request.mode != "vector":
             phrases = tuple(dict.fromkeys(t.strip() for t, w in spec.texts if w > 0 and query_words(t)))
@@ -140,14 +166,39 @@ class SearchService:
         query = self._query_vector(conn, chosen, spec)
         strictness = self.settings.strictness if request.strictness is None else request.strictness
         cut = cut_off(conn, chosen.model_id, query, strictness)
+        if request.mode == "text":   # only the photos holding the words: no vector match
+            cut = CutOff(-1.0, 0.0, True)
         if request.sort != "relevance":
-            if request.mode == "text":   # only the photos holding the words: no vector match
-                cut = CutOff(-1.0, 0.0, True)
-            return self._dated(conn, chosen, query, request.filters, request.limit, phrases, cut, request.sort, None)
-        if phrases:
-            return self._rank_hybrid(conn, chosen, query, request.filters, request.limit, phrases,
+            page = self._dated(conn, chosen, query, request.filters, request.limit, phrases, cut, request.sort, None)
+        elif phrases:
+            page = self._rank_hybrid(conn, chosen, query, request.filters, request.limit, phrases,
                                      request.mode == "text", 0, None, cut)
-        return self._rank(conn, chosen, query, request.filters, request.limit, None, cut)
+        else:
+            page = self._rank(conn, chosen, query, request.filters, request.limit, None, cut)
+        return page, query, phrases, cut
+
+    def _matched_ids(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters, query: np.ndarray,
+                     phrases: tuple[str, ...], cut: CutOff | None) -> tuple[list[int] | None, bool]:
+        """The ids of the photos a search matches, for its facets: its matches by relevance up to
+        FACET_SCOPE (partial beyond), and the photos holding its words; None when every photo
+        matches (no cut-off)."""
+        if cut is None:
+            return None, False
+        ids: list[int] = []
+        partial = False
+        if not cut.nothing:
+            # As many rows as the cut-off counted (and a margin), at most the scope and one.
+            pool = FACET_SCOPE + 1 if not cut.counted else min(FACET_SCOPE + 1, int(1.5 * cut.matches) + 100)
+            found, _, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, pool, None,
+                                     iterative=self.database.info.iterative_scan, ef_search=self.settings.ef_search)
+            kept = [image_id for image_id, distance in found if cut.keeps(distance)]
+            ids, partial = kept[:FACET_SCOPE], len(kept) > FACET_SCOPE or len(kept) == pool
+        if phrases:
+            where, params = filters.sql()
+            words, word_params = words_in_photo(phrases, "all")
+            ids += [r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} AND {words} LIMIT %s",
+                                               [*params, *word_params, FACET_SCOPE])]
+        return sorted(set(ids)), partial
 
     def _choose_model(self, conn: psycopg.Connection, asked: str | None, spec: QuerySpec | None, *,
                       from_cursor: bool = False) -> ChosenModel:

@@ -13,6 +13,8 @@ const drop = document.getElementById("drop");
 const fileInput = document.getElementById("image");
 const filtersPanel = document.getElementById("filters");
 const weakerButton = document.getElementById("weaker");
+const facetsBar = document.getElementById("facets");
+const FACET_NAMES = { year: "Year", source: "Source", album: "Album", place: "Place", person: "Person", camera: "Camera" };
 const strictnessInput = form.strictness;
 
 const DEFAULT_LIMIT = 40;
@@ -262,6 +264,47 @@ function moreLike(id) {
   runSearch();
 }
 
+// What the matches are made of: each count is a link that narrows the search to it.
+let shownFacets = null;   // as the server sent them, to draw again when coming back
+
+function showFacets(facets, partial) {
+  shownFacets = { facets, partial };
+  facetsBar.replaceChildren();
+  for (const [facet, values] of Object.entries(facets || {})) {
+    if (values.length < 2) continue;   // one value narrows nothing
+    const group = document.createElement("div");
+    group.className = "facet";
+    const name = document.createElement("span");
+    name.className = "facet-name";
+    name.textContent = FACET_NAMES[facet] || facet;
+    group.append(name);
+    for (const item of values) {
+      const link = document.createElement("a");
+      link.href = "#";
+      link.dataset.filter = JSON.stringify(item.filter);
+      const count = document.createElement("span");
+      count.className = "count";
+      count.textContent = ` ${item.count}${partial ? "+" : ""}`;
+      link.append(item.value, count);
+      link.addEventListener("click", (event) => { event.preventDefault(); narrow(item.filter); });
+      group.append(link);
+    }
+    facetsBar.append(group);
+  }
+  facetsBar.hidden = !facetsBar.childElementCount;
+}
+
+function narrow(filter) {
+  for (const [key, value] of Object.entries(filter)) {
+    form.querySelectorAll(`[name="${CSS.escape(key)}"]`).forEach((field) => {
+      if (field.type === "checkbox") field.checked = field.value === value;
+      else field.value = value;
+    });
+  }
+  filtersPanel.open = true;
+  runSearch();
+}
+
 // Photos sorted by date read as a timeline: a heading for each month.
 function group(hit) {
   return hit.taken_at ? new Date(hit.taken_at).toLocaleDateString(undefined, { year: "numeric", month: "long" })
@@ -276,7 +319,7 @@ function heading(text) {
 }
 
 function show(page, append, weaker = false) {
-  if (!append) { results.replaceChildren(); lastGroup = null; }
+  if (!append) { results.replaceChildren(); lastGroup = null; showFacets(page.facets, page.facets_partial); }
   const byDate = /^(newest|oldest)/.test(page.strategy);
   if (weaker) results.append(heading("Weaker matches"));
   page.results.forEach((hit) => {
@@ -315,7 +358,7 @@ function describe() {
 function remember() {
   const hits = tiles().map((t) => ({ id: Number(t.dataset.id), html: t.parentElement.outerHTML }));
   sessionStorage.setItem(CACHE_KEY, JSON.stringify({ address: location.pathname + location.search, hits,
-                                                       html: results.innerHTML, nextCursor,
+                                                       html: results.innerHTML, facets: shownFacets, nextCursor,
                                                        order, weakerCursor, matchesText, lastGroup,
                                                        scrollY: window.scrollY }));
   sessionStorage.setItem(IDS_KEY, JSON.stringify({ address: location.pathname + location.search,
@@ -326,6 +369,7 @@ function restoreGrid() {
   const saved = JSON.parse(sessionStorage.getItem(CACHE_KEY) || "null");
   if (!saved || saved.address !== location.pathname + location.search || !saved.hits.length) return false;
   results.innerHTML = saved.html || saved.hits.map((h) => h.html).join("");
+  if (saved.facets) showFacets(saved.facets.facets, saved.facets.partial);
   results.querySelectorAll(".cell").forEach((cell) => {
     const id = Number(cell.querySelector(".tile").dataset.id);
     cell.querySelector(".like").addEventListener("click", () => moreLike(id));
@@ -367,6 +411,7 @@ async function runSearch() {
   const params = currentParams();
   const body = new FormData();
   for (const [key, value] of params.entries()) body.append(key, value);
+  body.append("facets", "true");
   examples.files.forEach((file) => body.append("image", file));
   loading = true;
   say("Searching…");
