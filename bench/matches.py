@@ -8,7 +8,7 @@ scan). Scored by F1 against the planted set, averaged over queries, beside the s
 threshold that does best over all queries, chosen knowing every answer (the most a fixed
 threshold could do). Then what the cut-off, a page of matches by date and the facets cost (p50 ms).
 
-    python -m bench.matches [--n 50000] [--json out.json]
+    python -m bench.matches [--n 50000] [--seed 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1, help="another draw of the planted library")
     parser.add_argument("--smoke", action="store_true", help="3,000 photos, two repeats")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> Report:
         settings = Settings(home=work / "home", device="cpu", ocr=False)
         db = open_database(settings)
         with db.connect(autocommit=True) as conn:
-            data, queries = load_planted(conn, args.n, args.dim)
+            data, queries = load_planted(conn, args.n, args.dim, seed=args.seed)
             stored = data.vectors
             relevant = [set(q.relevant.tolist()) for q in queries]
             rows = {int(i): r for r, i in enumerate(data.ids)}
