@@ -454,8 +454,11 @@ _MERGE = {
 
 def _merge_assignments(n: str, sidecar_gps: str) -> str:
     newer = f"clipdex_time_rank({n}.taken_at_source) > clipdex_time_rank(i.taken_at_source)"
-    return ", ".join(f"{col} = " + expr.format(n=n, newer=newer, sidecar_gps=sidecar_gps)
-                     for col, expr in _MERGE.items())
+    merged = {col: expr.format(n=n, newer=newer, sidecar_gps=sidecar_gps) for col, expr in _MERGE.items()}
+    # A place moved (a sidecar's GPS beat the EXIF one): its name is looked up again (fill_places).
+    merged["place_code"] = (f"CASE WHEN ({merged['latitude']}) IS DISTINCT FROM i.latitude OR "
+                            f"({merged['longitude']}) IS DISTINCT FROM i.longitude THEN NULL ELSE i.place_code END")
+    return ", ".join(f"{col} = {expr}" for col, expr in merged.items())
 
 
 _FACT_COLUMNS = ("taken_at", "taken_at_source", "utc_offset_minutes", "latitude", "longitude",

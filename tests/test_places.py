@@ -5,6 +5,7 @@ photos with EXIF GPS in Kyoto, Osaka and Paris, a Takeout photo naming its peopl
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import psycopg
@@ -150,3 +151,25 @@ def test_the_whole_librarys_facets_are_counted_again_once_it_changes(placed, tmp
     L.write(tmp_path / "more" / "IMG_9.JPG", L.jpeg(799, gps=KYOTO))
     run_cli("index", str(tmp_path / "more"), env=env)
     assert kyoto() == before + 1
+
+
+def test_a_place_is_named_again_when_a_sidecar_moves_the_photo(placed, tmp_path):
+    """The same bytes indexed first from a folder (EXIF GPS in Kyoto), then from a Takeout export
+    whose sidecar puts them in Paris: the sidecar's place wins, and the name follows it."""
+    settings, env, _ids = placed
+    photo = L.jpeg(798, gps=KYOTO)
+    L.write(tmp_path / "phone" / "IMG_7.JPG", photo)
+    run_cli("index", str(tmp_path / "phone"), env=env)
+    year = tmp_path / "export" / "takeout-20240101T000000Z-001" / "Takeout" / "Google Photos" / "Photos from 2024"
+    L.write(year / "IMG_7.JPG", photo)
+    L.write(year / "IMG_7.JPG.json", L.sidecar("IMG_7.JPG", "2024-01-01T10:00:00",
+                                               geoData={"latitude": 48.8566, "longitude": 2.3522}))
+
+    def place() -> tuple:
+        with psycopg.connect(settings.database_url) as conn:
+            return conn.execute("SELECT place_name, place_country FROM images WHERE sha256 = %s",
+                                (hashlib.sha256(photo).digest(),)).fetchone()
+
+    assert place() == ("Kyoto", "Japan")
+    run_cli("index", str(tmp_path / "export"), env=env)
+    assert place() == ("Paris", "France")
