@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from clipdex.search.plan import estimated_rows, image_rows
 from clipdex.search.query_vector import as_halfvec
 
 DEFAULT_STRICTNESS = 0.5
@@ -67,6 +68,4 @@ def cut_off(conn: psycopg.Connection, model_id: int, query: np.ndarray, strictne
 
 def share_kept(conn: psycopg.Connection, where: str, params: list) -> float:
     """About which share of the photos the filters keep (the planner's estimates, no scan)."""
-    from clipdex.search.plan import estimated_rows, image_rows
-
     return min(1.0, estimated_rows(conn, where, params) / image_rows(conn))

@@ -140,9 +140,11 @@ class SearchService:
             return page
         page, query, phrases, cut = self._first_page(conn, chosen, spec, request)
         if request.facets:
-            ids, page.facets_partial = self._matched_ids(conn, chosen, request.filters, query, phrases, cut)
-            page.facets = (self._library_facets(conn, chosen, request.filters) if ids is None
-                           else facet_counts(conn, request.filters, ids))
+            if cut is None:   # every photo matches
+                page.facets = self._library_facets(conn, chosen, request.filters)
+            else:
+                ids, complete = self._matching_ids(conn, chosen, query, request.filters, cut, phrases, FACET_SCOPE)
+                page.facets, page.facets_partial = facet_counts(conn, request.filters, ids), not complete
         return page
 
     def _library_facets(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters) -> dict:
@@ -177,28 +179,28 @@ class SearchService:
             page = self._rank(conn, chosen, query, request.filters, request.limit, None, cut)
         return page, query, phrases, cut
 
-    def _matched_ids(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters, query: np.ndarray,
-                     phrases: tuple[str, ...], cut: CutOff | None) -> tuple[list[int] | None, bool]:
-        """The ids of the photos a search matches, for its facets: its matches by relevance up to
-        FACET_SCOPE (partial beyond), and the photos holding its words; None when every photo
-        matches (no cut-off)."""
-        if cut is None:
-            return None, False
+    def _matching_ids(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
+                      cut: CutOff, phrases: tuple[str, ...], cap: int) -> tuple[list[int], bool]:
+        """Up to ``cap`` of the photos a search matches that the filters keep: within the cut-off
+        (the best first) and holding its words; and whether that is all of them. The index is
+        asked for about as many rows as the cut-off counted, with a margin."""
         ids: list[int] = []
-        partial = False
+        complete = True
         if not cut.nothing:
-            # As many rows as the cut-off counted (and a margin), at most the scope and one.
-            pool = FACET_SCOPE + 1 if not cut.counted else min(FACET_SCOPE + 1, int(1.5 * cut.matches) + 100)
+            pool = min(cap + 1, int(1.5 * cut.matches) + 100)
             found, _, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, pool, None,
                                      iterative=self.database.info.iterative_scan, ef_search=self.settings.ef_search)
             kept = [image_id for image_id, distance in found if cut.keeps(distance)]
-            ids, partial = kept[:FACET_SCOPE], len(kept) > FACET_SCOPE or len(kept) == pool
+            ids, complete = kept[:cap], len(kept) < pool   # a pool of nothing but matches may hide more
         if phrases:
             where, params = filters.sql()
             words, word_params = words_in_photo(phrases, "all")
-            ids += [r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} AND {words} LIMIT %s",
-                                               [*params, *word_params, FACET_SCOPE])]
-        return sorted(set(ids)), partial
+            held = [r[0] for r in conn.execute(
+                f"SELECT i.id FROM images i WHERE {where} AND {words} AND EXISTS (SELECT 1 FROM embeddings e "
+                f"WHERE e.image_id = i.id AND e.model_id = {int(chosen.model_id)}) LIMIT %s",
+                [*params, *word_params, cap + 1])]
+            ids, complete = ids + held[:cap], complete and len(held) <= cap
+        return sorted(set(ids)), complete
 
     def _choose_model(self, conn: psycopg.Connection, asked: str | None, spec: QuerySpec | None, *,
                       from_cursor: bool = False) -> ChosenModel:
@@ -380,12 +382,11 @@ class SearchService:
         or holding the query's words. Few matches are gathered from the index and sorted; many are
         found by walking the photos in date order (the taken_at index), each tested against the
         cut-off, which stops after a page. With no cut-off every photo matches: a browse."""
-        words, word_params = words_in_photo(phrases, "all") if phrases else ("FALSE", [])
         strategy, counted = order, None
         if cut is None:
             rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order)
         else:
-            gathered = self._gather(conn, chosen, query, filters, cut, words, word_params, limit)
+            gathered = self._gather(conn, chosen, query, filters, cut, phrases, limit)
             if gathered is not None:
                 counted = len(gathered)
                 keys = sorted((date_key(order, taken_at, image_id), image_id, taken_at)
@@ -395,6 +396,7 @@ class SearchService:
                 rows = rows[:limit + 1]
                 strategy = f"{order}, gathered"
             else:
+                words, word_params = words_in_photo(phrases, "all") if phrases else ("FALSE", [])
                 rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order,
                                  also=f"(e.embedding <=> %s::halfvec <= %s OR {words})",
                                  also_params=[as_halfvec(query), cut.distance, *word_params])
@@ -425,34 +427,20 @@ class SearchService:
         return self._counted(conn, page, cut, filters, complete=after is None and not more)
 
     def _gather(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
-                cut: CutOff, words: str, word_params: list, limit: int) -> dict[int, datetime | None] | None:
+                cut: CutOff, phrases: tuple[str, ...], limit: int) -> dict[int, datetime | None] | None:
         """id -> taken_at of every match the filters keep, when they are few enough to gather;
         None when there are more (the caller walks the photos in date order instead)."""
-        where, params = filters.sql()
-        ids: set[int] = set()
         if not cut.nothing:
-            pool = min(2 * DATE_GATHER_MAX, int(1.5 * cut.matches) + 100)
             # Walking reads about limit / (share of photos that match) rows, a distance each;
-            # gathering ranks the pool through the index, which costs more per row: it wins
-            # only for matches that are few, or rare in the library.
+            # gathering ranks about 1.5 x the matches through the index, which costs more per
+            # row: it wins only for matches that are few, or rare in the library.
             walked = limit * image_rows(conn) / max(1.0, cut.matches)
-            if (not cut.counted and cut.matches > DATE_GATHER_MAX) or 2 * pool > walked:
+            if cut.matches > DATE_GATHER_MAX or 2 * (1.5 * cut.matches + 100) > walked:
                 return None
-            found, _, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, pool, None,
-                                     iterative=self.database.info.iterative_scan, ef_search=self.settings.ef_search)
-            kept = [image_id for image_id, distance in found if cut.keeps(distance)]
-            if len(kept) == pool:   # the pool is all matches: there may be more
-                return None
-            ids.update(kept)
-        if words != "FALSE":
-            held = [r[0] for r in conn.execute(
-                f"SELECT i.id FROM images i WHERE {where} AND {words} AND EXISTS (SELECT 1 FROM embeddings e "
-                f"WHERE e.image_id = i.id AND e.model_id = {int(chosen.model_id)}) LIMIT %s",
-                [*params, *word_params, DATE_GATHER_MAX + 1])]
-            if len(held) > DATE_GATHER_MAX:
-                return None
-            ids.update(held)
-        return dict(conn.execute("SELECT id, taken_at FROM images WHERE id = ANY(%s)", (sorted(ids),)).fetchall())
+        ids, complete = self._matching_ids(conn, chosen, query, filters, cut, phrases, DATE_GATHER_MAX)
+        if not complete:
+            return None
+        return dict(conn.execute("SELECT id, taken_at FROM images WHERE id = ANY(%s)", (ids,)).fetchall())
 
     def cache_texts(self, conn: psycopg.Connection, texts: list[str]) -> None:
         """Embeds texts into the text cache of the default model, the one psql searches with
