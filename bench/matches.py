@@ -123,6 +123,32 @@ def main(argv: list[str] | None = None) -> Report:
                                 f"{sum(v['count'] for v in page.facets['year'])} photos counted"
                                 f"{' (partial)' if page.facets_partial else ''}; places for 60 %, people for 10 %, "
                                 "albums for 30 % of the photos")
+            # Copies of one picture folded into one tile, against the same pages with every copy
+            # shown (collapse=false): every photo one of three copies (ids in a row: the matches'
+            # copies are other photos), then the largest set's matches in threes among themselves.
+            matched_ids = sorted(int(data.ids[r]) for r in queries[largest].relevant)
+            for label, grouping, grouping_params in (
+                    ("copies elsewhere", "UPDATE images SET look_group = id - (id - 1) %% 3", ()),
+                    ("copies among the matches", "UPDATE images SET look_group = m.first FROM unnest(%s::bigint[], "
+                                                 "%s::bigint[]) AS m(id, first) WHERE images.id = m.id",
+                     (matched_ids, [matched_ids[n - n % 3] for n in range(len(matched_ids))]))):
+                conn.execute("UPDATE images SET look_group = id")
+                conn.execute(grouping, grouping_params)
+                for sort in ("relevance", "newest"):
+                    p50 = {}
+                    for collapse in ("true", "false"):
+                        timings = []
+                        for _ in range(args.repeats):
+                            started = time.perf_counter()
+                            page = service.search(conn, SearchRequest.parse(
+                                {"q": [f"planted {largest}"], "mode": ["vector"], "sort": [sort],
+                                 "collapse": [collapse]}))
+                            timings.append(1000 * (time.perf_counter() - started))
+                        p50[collapse] = (percentile(timings, 50), len(page.hits), page.folded)
+                    report.add(f"page of matches by {sort}, {label}, folded", p50["true"][0], p50["false"][0],
+                               unit="ms", higher_is_better=False,
+                               note=f"{p50['true'][1]} tiles ({p50['true'][2]} copies folded) against "
+                                    f"{p50['false'][1]} photos with collapse=false")
         report.emit(args.json)
         return report
 

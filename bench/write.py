@@ -19,13 +19,16 @@ import psycopg
 from bench.report import Report, fresh_database, server_versions
 from bench.synthetic import clustered_vectors
 from clipdex import embedded_postgres, model_registry
+from clipdex.likeness import Look
 from indexer import store
+from indexer.thumbnail import Thumbnail
 
 
 def _batches(rows: int, batch: int, dim: int, seed: int):
     """BatchOutcome objects holding `rows` new images in batches of `batch`."""
     rng = np.random.default_rng(seed)
-    thumbnail = (bytes(rng.integers(0, 255, 9000, dtype=np.uint8)), 256, 192)
+    look = Look(int(rng.integers(-2**63, 2**63 - 1)), rng.bytes(32), 1.0)
+    thumbnail = Thumbnail(bytes(rng.integers(0, 255, 9000, dtype=np.uint8)), 256, 192, look)
     vectors, _ = clustered_vectors(rows, dim, 200, rng)   # shaped like photo embeddings
     for start in range(0, rows, batch):
         outcome = store.BatchOutcome()

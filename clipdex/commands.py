@@ -316,7 +316,8 @@ def _hits_table(hits) -> str:
     for hit in hits:
         rows.append((str(hit.id), hit.taken_at.date().isoformat() if hit.taken_at else "unknown",
                      f"{hit.width}×{hit.height}", hit.source or "?",
-                     f"{printable(hit.root or '')}/{printable(hit.path or '')}"))
+                     f"{printable(hit.root or '')}/{printable(hit.path or '')}"
+                     + (f"  (+{hit.similar} similar)" if hit.similar else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(f"{row[0]:>{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:<{widths[3]}}  "
                      f"{row[4]}".rstrip() for row in rows)

@@ -146,8 +146,11 @@ def process_batch(rt: Runtime, run_id: int, batch_no: int,
         return None
     outcome.timings["write"] = time.perf_counter() - write_started
     log.info("run %s batch %s: %s", run_id, batch_no, counts)
-    # The batch that finishes a bulk load says so: its HNSW index is then built once.
-    counts["build_index"] = work.model_id if counts.pop("finished_run") and work.defer_index else None
+    # The batch that finishes a bulk load says so: its HNSW index is then built once. The one that
+    # finishes any run has its new photos put in look-alike groups (indexer/lookalikes.py).
+    finished = counts.pop("finished_run")
+    counts["build_index"] = work.model_id if finished and work.defer_index else None
+    counts["group_lookalikes"] = finished
     return {**counts, "timings": outcome.timings}
 
 

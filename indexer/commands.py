@@ -233,4 +233,41 @@ def worker_cmd(ctx: click.Context, queues: str, celery_args: tuple[str, ...]) ->
     run_worker(settings, celery_args, queues)
 
 
-COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd, ocr_cmd]
+@click.command("dupes")
+@click.option("--json", "as_json", is_flag=True, help="One group per line: its image ids, best copy first.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many groups (the largest first).")
+@click.pass_context
+def dupes_cmd(ctx: click.Context, as_json: bool, limit: int | None) -> None:
+    """List the groups of photos that are one picture in other bytes (recompressed, resized,
+    screenshots, light crops, bursts), with the copy worth keeping first. Photos indexed since the
+    last grouping (or before clipdex kept groups) are grouped first."""
+    import json
+
+    from clipdex.database import open_database
+    from indexer.lookalikes import group_new_images
+
+    database = open_database(settings_of(ctx), repair_indexes=False)
+    with database.connect(autocommit=True) as conn:
+        grouped = group_new_images(conn)
+        if grouped and not as_json:
+            click.echo(f"grouped {plural(grouped, 'photo')} not grouped before", err=True)
+        rows = conn.execute(
+            "SELECT g.group_id, g.copies, g.best_id, g.image_ids, g.bytes_beside_best, "
+            "ARRAY(SELECT coalesce((SELECT l.root || '/' || l.relpath FROM locations l WHERE l.image_id = m.id "
+            "                       ORDER BY l.album IS NULL, l.first_seen_at, l.id LIMIT 1), '') "
+            "      FROM unnest(g.image_ids) WITH ORDINALITY AS m(id, n) ORDER BY m.n) "
+            "FROM duplicate_groups g ORDER BY g.copies DESC, g.group_id LIMIT %s", (limit,)).fetchall()
+    for group, copies, best, image_ids, spare, paths in rows:
+        if as_json:
+            click.echo(json.dumps({"group": group, "copies": copies, "best": best, "image_ids": image_ids,
+                                   "paths": [printable(p) for p in paths], "bytes_beside_best": int(spare)},
+                                  ensure_ascii=False))
+            continue
+        click.echo(f"group {group}: {copies} copies, {spare / 1e6:.1f} MB beside the best")
+        for n, (image_id, path) in enumerate(zip(image_ids, paths)):
+            click.echo(f"  {'best ' if n == 0 else '     '}{image_id:>8}  {printable(path)}")
+    if not rows and not as_json:
+        click.echo("no photo has a look-alike")
+
+
+COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd, ocr_cmd, dupes_cmd]

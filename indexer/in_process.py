@@ -17,6 +17,7 @@ from clipdex.config import Settings
 from clipdex.database import Database, DatabaseError
 from indexer import store
 from indexer.batch import process_batch, stage_totals
+from indexer.lookalikes import group_new_images
 from indexer.runtime import Runtime
 from indexer.producer import RunPlan, plan_run
 
@@ -115,6 +116,7 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
                 out.write("building the vector index once for the whole run…\n")
             with database.connect(autocommit=True) as conn:
                 model_registry.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
+        _group_lookalikes(database, out)
     finally:
         alive.close()
         if own_runtime:
@@ -123,6 +125,21 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
     counts["failed"] += failed_files
     return LocalResult(plan, time.perf_counter() - started, rt.images_encoded - before, counts,
                        stage_totals(results))
+
+
+def _group_lookalikes(database: Database, out: TextIO | None) -> None:
+    """The run's new photos into look-alike groups. A failure here costs no photo: they stay
+    searchable, ungrouped, until the next run or `clipdex dupes` groups them."""
+    try:
+        with database.connect(autocommit=True) as conn:
+            grouped = group_new_images(conn)
+    except psycopg.Error as exc:
+        log.warning("cannot group look-alikes now: %s", exc)
+        if out is not None:
+            out.write(f"could not group look-alikes now ({str(exc).strip()}); the next run or clipdex dupes will\n")
+        return
+    if grouped and out is not None:
+        out.write(f"looked for look-alikes of {grouped} new photos\n")
 
 
 def _fail(database: Database, run_id: int, batch_no: int, exc: Exception) -> int:

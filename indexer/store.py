@@ -27,6 +27,7 @@ from clipdex.search.words import name_words
 from clipdex.text import storable, storable_json
 from indexer.metadata import ImageFacts
 from indexer.sources import FileTask
+from indexer.thumbnail import Thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +365,12 @@ def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes]) -> 
 def delete_orphan_images(conn: psycopg.Connection, image_ids: list[int]) -> None:
     """Deletes those of ``image_ids`` left with no location (vectors and thumbnail cascade)."""
     if image_ids:
-        conn.execute("DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
-                     "(SELECT 1 FROM locations l WHERE l.image_id = i.id)", (sorted(set(image_ids)),))
+        # The groups a deleted image founded are grouped again (indexer/lookalikes.py).
+        conn.execute("WITH gone AS (DELETE FROM images i WHERE i.id = ANY(%s) AND NOT EXISTS "
+                     "(SELECT 1 FROM locations l WHERE l.image_id = i.id) RETURNING i.id) "
+                     "UPDATE images SET look_group = NULL WHERE look_group IN (SELECT id FROM gone) "
+                     "AND id NOT IN (SELECT id FROM gone)",
+                     (sorted(set(image_ids)),))
 
 
 def lookup_image(conn: psycopg.Connection, sha256: bytes, model_id: int) -> tuple[int, bool] | None:
@@ -390,7 +395,7 @@ class NewImage:
     byte_size: int
     facts: ImageFacts
     embedding: np.ndarray
-    thumbnail: tuple[bytes, int, int] | None   # None: the image has one (a second model's vector)
+    thumbnail: Thumbnail | None   # None: the image has one (a second model's vector)
 
 
 @dataclass
@@ -479,21 +484,33 @@ def _fact_arrays(facts: list[ImageFacts]) -> list[list]:
     return columns
 
 
+def _look_arrays(new: list[NewImage]) -> list[list]:
+    """The look-alike columns (``_LOOK_COLUMNS``) of new images; none for those without a thumbnail."""
+    looks = [n.thumbnail.look if n.thumbnail is not None else None for n in new]
+    return [[getattr(look, part) if look is not None else None for look in looks]
+            for part in ("hash", "detail", "share")]
+
+
 def _unnest(columns: list[tuple[str, str]]) -> str:
     arrays = ", ".join(f"%s::{typ}[]" for _, typ in columns)
     names = ", ".join(name for name, _ in columns)
     return f"unnest({arrays}) AS n({names})"
 
 
+# The look-alike hashes of the thumbnail; the run groups its new photos when it finishes
+# (indexer/lookalikes.py).
+_LOOK_COLUMNS = [("look", "bigint"), ("look_detail", "bytea"), ("picture_share", "real")]
 _IMAGE_COLUMNS = [("sha256", "bytea"), ("format", "text"), ("width", "int"), ("height", "int"),
-                  ("exif_orientation", "smallint"), ("byte_size", "bigint")] + list(zip(_FACT_COLUMNS, _FACT_TYPES))
+                  ("exif_orientation", "smallint"), ("byte_size", "bigint")] + list(zip(_FACT_COLUMNS, _FACT_TYPES)) \
+                 + _LOOK_COLUMNS
 _STORED = [c for c, _ in _IMAGE_COLUMNS if c != "gps_from_sidecar"]
 
 # New bytes: insert; bytes another worker inserted meanwhile: merge (sidecar GPS is not known
 # for EXCLUDED rows, so the stored place stays).
 INSERT_IMAGES = (
     f"INSERT INTO images AS i ({', '.join(_STORED)}) "
-    f"SELECT {', '.join('n.' + c for c in _STORED)} FROM {_unnest(_IMAGE_COLUMNS)} "
+    f"SELECT {', '.join('n.look::bit(64)' if c == 'look' else 'n.' + c for c in _STORED)} "
+    f"FROM {_unnest(_IMAGE_COLUMNS)} "
     f"ON CONFLICT (sha256) DO UPDATE SET {_merge_assignments('EXCLUDED', 'false')} "
     "RETURNING i.id, i.sha256, (i.xmax = 0) AS inserted"
 )
@@ -521,7 +538,8 @@ def _write_images(conn: psycopg.Connection, model_id: int, new: list[NewImage]) 
     rows = conn.execute(INSERT_IMAGES, [
         [n.sha256 for n in new], [n.format for n in new], [n.width for n in new],
         [n.height for n in new], [n.exif_orientation for n in new], [n.byte_size for n in new],
-        *_fact_arrays([n.facts for n in new])]).fetchall()
+        *_fact_arrays([n.facts for n in new]),
+        *_look_arrays(new)]).fetchall()
     ids = {bytes(sha): image_id for image_id, sha, _inserted in rows}
     conn.execute(
         "INSERT INTO embeddings (image_id, model_id, embedding) "
@@ -533,8 +551,8 @@ def _write_images(conn: psycopg.Connection, model_id: int, new: list[NewImage]) 
         "INSERT INTO thumbnails (image_id, width, height, webp) "
         "SELECT * FROM unnest(%s::bigint[], %s::smallint[], %s::smallint[], %b::bytea[]) "
         "ON CONFLICT DO NOTHING",
-        ([ids[n.sha256] for n in thumbnailed], [n.thumbnail[1] for n in thumbnailed],
-         [n.thumbnail[2] for n in thumbnailed], [n.thumbnail[0] for n in thumbnailed]))
+        ([ids[n.sha256] for n in thumbnailed], [n.thumbnail.width for n in thumbnailed],
+         [n.thumbnail.height for n in thumbnailed], [n.thumbnail.webp for n in thumbnailed]))
     return ids, sum(1 for row in rows if row[2])
 
 

@@ -23,6 +23,7 @@ OCR_QUEUE = "ocr"           # reading text: CPU work, so its workers scale apart
 EMBED_TASK = "clipdex.embed_batch"
 INDEX_TASK = "clipdex.build_vector_index"
 OCR_TASK = "clipdex.read_texts"
+GROUP_TASK = "clipdex.group_lookalikes"
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +63,11 @@ def send_batches(app: Celery, run_id: int, batch_numbers: list[int]) -> None:
 
 def send_index_build(app: Celery, model_id: int) -> None:
     app.send_task(INDEX_TASK, args=(model_id,), queue=QUEUE)
+
+
+def send_lookalike_grouping(app: Celery) -> None:
+    """A finished run's new photos, into look-alike groups (one pass over whatever is ungrouped)."""
+    app.send_task(GROUP_TASK, queue=QUEUE)
 
 
 def send_text_reading(app: Celery, run_id: int, image_ids: list[int]) -> None:
@@ -138,6 +144,7 @@ def _register_tasks(app: Celery) -> None:
                         model_id = store.deferred_index_model(conn, run_id)
                         if model_id is not None:
                             send_index_build(app, model_id)
+                        send_lookalike_grouping(app)
             except Exception:
                 log.exception("cannot mark run %s batch %s as failed", run_id, batch_no)
 
@@ -159,6 +166,8 @@ def _register_tasks(app: Celery) -> None:
                 send_text_reading(app, run_id, image_ids)
             if result["build_index"] is not None:
                 send_index_build(app, result["build_index"])
+            if result["group_lookalikes"]:
+                send_lookalike_grouping(app)
         return result
 
     @app.task(name=OCR_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
@@ -175,6 +184,18 @@ def _register_tasks(app: Celery) -> None:
             summary = read(settings, conn, _ocr_engine(settings), known_roots(conn), Scope(image_ids=tuple(image_ids)),
                            run_id=run_id, out=None)
         return {"read": summary.read, "with_text": summary.with_text, "failed": summary.failed}
+
+    @app.task(name=GROUP_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
+              retry_backoff=True, retry_backoff_max=30, max_retries=None)
+    def group_lookalikes() -> int:
+        """Puts every photo not yet grouped in its look-alike group (safe to run twice, or
+        beside another pass: one waits for the other, then finds nothing left)."""
+        from clipdex.database import open_database
+        from indexer.lookalikes import group_new_images
+
+        settings = app.conf.clipdex_settings
+        with open_database(settings, repair_indexes=False).connect(autocommit=True) as conn:
+            return group_new_images(conn)
 
     @app.task(name=INDEX_TASK, autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, max_retries=None)

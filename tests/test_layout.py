@@ -34,7 +34,7 @@ def test_the_cli_assembles_every_package_s_commands():
     from clipdex.cli import cli
 
     names = set(cli.list_commands(None))
-    assert {"index", "enqueue", "resume", "worker"} <= names          # indexer/commands.py
+    assert {"index", "enqueue", "resume", "worker", "dupes"} <= names   # indexer/commands.py
     assert "serve" in names                                           # webapp/commands.py
     assert {"config", "db", "status", "search", "embed-text", "model"} <= names   # the core's own
     result = CliRunner().invoke(cli, ["index", "--help"])

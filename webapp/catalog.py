@@ -36,6 +36,9 @@ def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
         for root, relpath, source, album, size, mtime_ns, meta in conn.execute(
             "SELECT root, relpath, source, album, byte_size, mtime_ns, source_meta FROM locations "
             "WHERE image_id = %s ORDER BY album IS NULL, first_seen_at, id", (image_id,))]
+    # The other copies of its picture (recompressed, resized, screenshots, bursts), best first.
+    detail["lookalikes"] = [r[0] for r in conn.execute(
+        "SELECT id FROM lookalikes(%s) WHERE id <> %s", (image_id, image_id))]
     return detail
 
 

@@ -156,6 +156,8 @@ class Filters:
     text: str | None = None              # words in the photo (OCR), its caption, album, file name or place
     place: str | None = None             # a town, region or country where it was taken (any case; 日本 too)
     person: str | None = None            # a person the export names in it (Takeout's people; any case)
+    lookalikes_of: int | None = None     # every copy of this photo's picture (its look-alike group)
+    collapse: bool = True                # copies of one picture share a tile (clipdex.search.lookalikes)
     # Set by the search service for a hybrid search, never parsed from a request: one of these
     # phrases is in the photo's text or caption / is not; is in any of its names / is not (the
     # tiers of a hybrid ranking).
@@ -166,7 +168,7 @@ class Filters:
 
     NAMES = ("taken_from", "taken_to", "source", "album", "min_width", "min_height", "orientation",
              "format", "camera_make", "camera_model", "has_gps", "bbox", "favorite", "path", "exclude", "text",
-             "place", "person")
+             "place", "person", "lookalikes_of", "collapse")
 
     @classmethod
     def parse(cls, params: Mapping[str, Sequence[str]]) -> "Filters":
@@ -214,7 +216,7 @@ class Filters:
         for name in ("camera_make", "camera_model"):
             if (v := one(name)) is not None:
                 values[name] = v.strip()
-        for name in ("has_gps", "favorite"):
+        for name in ("has_gps", "favorite", "collapse"):
             if (v := one(name)) is not None:
                 values[name] = _parse_bool(name, v)
         if (v := one("bbox")) is not None:
@@ -234,6 +236,8 @@ class Filters:
                 raise QueryError(f"exclude: expected image ids, got {text!r}")
             excluded.append(int(text))
         values["exclude"] = tuple(dict.fromkeys(excluded))
+        if (v := one("lookalikes_of")) is not None:
+            values["lookalikes_of"] = _parse_int("lookalikes_of", v, 1, 2**63 - 1)
         if (v := one("text")) is not None:
             if len(v) > MAX_PHRASE:
                 raise QueryError(f"text: at most {MAX_PHRASE} characters", field="text")
@@ -254,7 +258,7 @@ class Filters:
             if f.name not in self.NAMES:
                 continue
             value = getattr(self, f.name)
-            if value is None or value == ():
+            if value is None or value == () or value == f.default:
                 continue
             if isinstance(value, tuple) and f.name != "bbox":
                 out[f.name] = [str(v) for v in value]
@@ -270,7 +274,8 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, f.name) not in (None, ()) for f in fields(self))
+        """Some filter leaves photos out (folding copies into one tile leaves none out)."""
+        return any(getattr(self, f.name) not in (None, ()) for f in fields(self) if f.name != "collapse")
 
     def sql(self) -> tuple[str, list[Any]]:
         """A WHERE fragment over images `i` (locations through EXISTS) and its parameters."""
@@ -307,6 +312,9 @@ class Filters:
         if self.exclude:
             clauses.append("i.id <> ALL(%s)")
             params.append(list(self.exclude))
+        if self.lookalikes_of is not None:
+            clauses.append("(i.id = %s OR i.look_group = (SELECT g.look_group FROM images g WHERE g.id = %s))")
+            params += [self.lookalikes_of, self.lookalikes_of]
         if self.place:   # one of the place's names as a whole ("Kyoto", "japan", "日本"), through its GIN index
             clauses.append("(i.place_words @@ %s::tsquery AND strpos('|' || i.place_compact || '|', %s) > 0)")
             params += [tsquery_of(query_words(self.place)), f"|{compact(self.place)}|"]

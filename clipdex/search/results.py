@@ -34,6 +34,7 @@ class Hit:
     snippet: str | None = None             # the line of its text (or the name) that holds them
     marks: list[tuple[int, int]] | None = None   # [start, end) of the words within the snippet
     snippet_from: str | None = None        # where the snippet is from: SNIPPET_FIELDS
+    similar: int = 0                       # other copies of this picture folded into its tile
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -62,6 +63,7 @@ class Page:
     # the matches were too many to count them all (the best FACET_SCOPE by relevance were).
     facets: dict[str, list[dict[str, Any]]] | None = None
     facets_partial: bool = False
+    folded: int = 0     # photos on this page folded into another copy's tile (not in hits)
 
     def to_dict(self) -> dict[str, Any]:
         return {"results": [h.to_dict() for h in self.hits], "next_cursor": self.next_cursor,

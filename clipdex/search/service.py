@@ -25,6 +25,7 @@ from clipdex import model_registry
 from clipdex.search.cursors import Cursor, DateCursor, cursor_model, decode_cursor
 from clipdex.search.facets import facet_counts, library_state
 from clipdex.search.filters import Filters, check_text, holding_words, words_in_photo
+from clipdex.search.lookalikes import Folded, any_lookalikes, fold_copies
 from clipdex.search.matches import CutOff, cut_off, share_kept
 from clipdex.search.plan import date_key, dated_ids, image_rows, ranked_ids
 from clipdex.search.query_vector import as_halfvec, combine, image_vectors, text_vectors, upload_vectors
@@ -46,6 +47,7 @@ TIER_NAMES = {TIER_WRITTEN: "written ", TIER_NAMED: "named ", TIER_REST: ""}
 DATE_GATHER_MAX = 3000
 FACET_SCOPE = 3000   # matches counted by facet at most (the best by relevance)
 NO_ROW_YET = (-1.0, 1)   # a keyset position before every row of a ranking (distances are >= 0)
+FOLD_READ_AHEAD = 2      # a page that folds copies reads this many times its size to fill its tiles
 
 
 @dataclass(frozen=True)
@@ -260,12 +262,15 @@ class SearchService:
 
     def _rank(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
               limit: int, after: tuple[float, int] | None, cut: CutOff | None = None) -> Page:
-        found, strategy, _filtered = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, limit + 1, after,
+        folding = self._folding(conn, filters)
+        fetch = self._fetch_size(folding, limit)
+        found, strategy, _filtered = ranked_ids(conn, chosen.model_id, chosen.dim, query, filters, fetch, after,
                                                 iterative=self.database.info.iterative_scan,
                                                 ef_search=self.settings.ef_search)
         kept = found if cut is None else [row for row in found if cut.keeps(row[1])]
-        more = len(kept) > limit
-        rows = kept[:limit]
+        folded = fold_copies(conn, chosen.model_id, [image_id for image_id, _ in kept], filters, query,
+                             folding=folding)
+        rows, more = self._page_rows(kept, limit, folded, len(found) == fetch and len(kept) == len(found))
         next_cursor = weaker = None
         if more:
             next_cursor = Cursor(query, filters.to_params(), limit, rows[-1][1], rows[-1][0],
@@ -273,8 +278,9 @@ class SearchService:
         elif len(kept) < len(found):   # the cut-off ended the matches: the weaker photos follow
             last = (rows[-1][1], rows[-1][0]) if rows else after or NO_ROW_YET
             weaker = Cursor(query, filters.to_params(), limit, *last, model=chosen.key).encode()
-        page = Page(self._with_snippets(conn, load_hits(conn, rows), filters), next_cursor, strategy,
-                    chosen.key, chosen.note, weaker_cursor=weaker)
+        hits, hidden = self._tiles(conn, rows, folded)
+        page = Page(self._with_snippets(conn, hits, filters), next_cursor, strategy,
+                    chosen.key, chosen.note, weaker_cursor=weaker, folded=hidden)
         return self._counted(conn, page, cut, filters, complete=after is None and not more)
 
     @staticmethod
@@ -287,12 +293,47 @@ class SearchService:
             return page
         page.cut_score = None if cut.nothing else 1.0 - cut.distance
         if complete:
-            page.matches, page.matches_exact = len(page.hits), True
+            page.matches, page.matches_exact = len(page.hits) + page.folded, True
             return page
         share = share_kept(conn, *filters.sql()) if filters.active else 1.0
         page.matches = int(round(cut.matches * share)) + extra
         page.matches_exact = cut.counted and not filters.active and exact
         return page
+
+    @staticmethod
+    def _folding(conn: psycopg.Connection, filters: Filters) -> bool:
+        """Whether this page folds copies of a picture into one tile (the filters ask for it and
+        the library has copies)."""
+        return filters.collapse and filters.lookalikes_of is None and any_lookalikes(conn)
+
+    @staticmethod
+    def _fetch_size(folding: bool, limit: int) -> int:
+        """Rows to read for a page: one more than it shows, to know whether more follow; more
+        when copies of a picture fold into one tile."""
+        return (FOLD_READ_AHEAD * limit if folding else limit) + 1
+
+    @staticmethod
+    def _page_rows(rows: list[tuple], limit: int, folded: Folded, beyond: bool) -> tuple[list[tuple], bool]:
+        """The rows a page covers, in order: up to its ``limit``-th tile (folded copies between
+        them are covered too, so the next page starts after them); and whether more follow.
+        ``beyond``: rows past these may exist (the read was cut at its size)."""
+        shown = 0
+        for n, row in enumerate(rows):
+            if row[0] in folded.shown:
+                shown += 1
+                if shown == limit:
+                    return rows[:n + 1], n + 1 < len(rows) or beyond
+        return rows, beyond
+
+    @staticmethod
+    def _tiles(conn: psycopg.Connection, rows: list[tuple[int, float | None]], folded: Folded) -> tuple[list, int]:
+        """The hits of a page's (id, distance) rows but the copies folded into another's tile
+        (clipdex.search.lookalikes); and how many were."""
+        shown = [(image_id, distance) for image_id, distance in rows if image_id in folded.shown]
+        hits = load_hits(conn, shown)
+        for hit in hits:
+            hit.similar = folded.similar.get(hit.id, 0)
+        return hits, len(rows) - len(shown)
 
     @staticmethod
     def _with_snippets(conn: psycopg.Connection, hits: list, filters: Filters) -> list:
@@ -329,12 +370,14 @@ class SearchService:
                   len(anywhere) > WORDS_EXCLUDED_MAX or not set(anywhere) <= set(in_photo)),
                  (TIER_REST, leave_out(anywhere, replace(filters, unnamed=phrases)), not words_only)]
         rows: list[tuple[int, float, int]] = []
+        folding = self._folding(conn, filters)
+        fetch = self._fetch_size(folding, limit)
         strategies = []
         cut_short = False   # the cut-off ended the rest tier's matches
         for this_tier, tier_filters, wanted in tiers:
-            if this_tier < tier or len(rows) > limit or not wanted:
+            if this_tier < tier or len(rows) >= fetch or not wanted:
                 continue
-            found, strategy, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, tier_filters, limit + 1 - len(rows),
+            found, strategy, _ = ranked_ids(conn, chosen.model_id, chosen.dim, query, tier_filters, fetch - len(rows),
                                             after if this_tier == tier else None,
                                             iterative=self.database.info.iterative_scan,
                                             ef_search=self.settings.ef_search)
@@ -343,8 +386,10 @@ class SearchService:
                 cut_short, found = len(kept) < len(found), kept
             rows += [(image_id, distance, this_tier) for image_id, distance in found]
             strategies.append(TIER_NAMES[this_tier] + strategy)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        with_words = frozenset(image_id for image_id, _, t in rows if t != TIER_REST)
+        folded = fold_copies(conn, chosen.model_id, [image_id for image_id, _, _ in rows], filters, query,
+                             preferred=with_words, folding=folding)
+        rows, more = self._page_rows(rows, limit, folded, len(rows) >= fetch and not cut_short)
         next_cursor = weaker = None
         if more:
             last_id, last_distance, last_tier = rows[-1]
@@ -355,25 +400,28 @@ class SearchService:
             last = rest[-1] if rest else (after if tier == TIER_REST and after else NO_ROW_YET)
             weaker = Cursor(query, filters.to_params(), limit, *last, phrases, TIER_REST, words_only,
                             chosen.key).encode()
-        hits = load_hits(conn, [(image_id, distance) for image_id, distance, _ in rows])
-        with_words = {image_id for image_id, _, t in rows if t != TIER_REST}
+        hits, hidden = self._tiles(conn, [(image_id, distance) for image_id, distance, _ in rows], folded)
         for hit in hits:
             hit.written = hit.id in with_words
         add_snippets(conn, [h for h in hits if h.written], phrases)
-        page = Page(hits, next_cursor, ", then ".join(strategies), chosen.key, chosen.note, weaker_cursor=weaker)
+        page = Page(hits, next_cursor, ", then ".join(strategies), chosen.key, chosen.note, weaker_cursor=weaker,
+                    folded=hidden)
         return self._counted(conn, page, cut, filters, complete=after is None and tier == 0 and not more,
                              extra=len(anywhere), exact=len(anywhere) <= WORDS_EXCLUDED_MAX)
 
     def _browse(self, conn: psycopg.Connection, chosen: ChosenModel, filters: Filters, limit: int,
                 after: tuple[datetime | None, int] | None, order: str = "newest") -> Page:
-        rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        folding = self._folding(conn, filters)
+        fetch = self._fetch_size(folding, limit)
+        rows = dated_ids(conn, chosen.model_id, filters, fetch, after, order)
+        folded = fold_copies(conn, chosen.model_id, [image_id for image_id, _ in rows], filters, None, order,
+                             folding=folding)
+        rows, more = self._page_rows(rows, limit, folded, len(rows) == fetch)
         next_cursor = None
         if more and rows:
             next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0], order).encode()
-        return Page(self._with_snippets(conn, load_hits(conn, [(image_id, None) for image_id, _ in rows]), filters),
-                    next_cursor, order, chosen.key)
+        hits, hidden = self._tiles(conn, [(image_id, None) for image_id, _ in rows], folded)
+        return Page(self._with_snippets(conn, hits, filters), next_cursor, order, chosen.key, folded=hidden)
 
     def _dated(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters, limit: int,
                phrases: tuple[str, ...], cut: CutOff | None, order: str,
@@ -383,8 +431,10 @@ class SearchService:
         found by walking the photos in date order (the taken_at index), each tested against the
         cut-off, which stops after a page. With no cut-off every photo matches: a browse."""
         strategy, counted = order, None
+        folding = self._folding(conn, filters)
+        fetch = self._fetch_size(folding, limit)
         if cut is None:
-            rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order)
+            rows = dated_ids(conn, chosen.model_id, filters, fetch, after, order)
         else:
             gathered = self._gather(conn, chosen, query, filters, cut, phrases, limit)
             if gathered is not None:
@@ -393,16 +443,17 @@ class SearchService:
                               for image_id, taken_at in gathered.items())
                 start = date_key(order, *after) if after is not None else None
                 rows = [(image_id, taken_at) for key, image_id, taken_at in keys if start is None or key > start]
-                rows = rows[:limit + 1]
+                rows = rows[:fetch]
                 strategy = f"{order}, gathered"
             else:
                 words, word_params = words_in_photo(phrases, "all") if phrases else ("FALSE", [])
-                rows = dated_ids(conn, chosen.model_id, filters, limit + 1, after, order,
+                rows = dated_ids(conn, chosen.model_id, filters, fetch, after, order,
                                  also=f"(e.embedding <=> %s::halfvec <= %s OR {words})",
                                  also_params=[as_halfvec(query), cut.distance, *word_params])
                 strategy = f"{order}, walked"
-        more = len(rows) > limit
-        rows = rows[:limit]
+        folded = fold_copies(conn, chosen.model_id, [image_id for image_id, _ in rows], filters, query, order,
+                             folding=folding)
+        rows, more = self._page_rows(rows, limit, folded, len(rows) == fetch)
         next_cursor = None
         if more:
             next_cursor = DateCursor(filters.to_params(), limit, rows[-1][1], rows[-1][0], order, query, cut, phrases,
@@ -410,12 +461,13 @@ class SearchService:
         distances = dict(conn.execute(
             f"SELECT image_id, embedding <=> %s::halfvec FROM embeddings WHERE model_id = {int(chosen.model_id)} "
             "AND image_id = ANY(%s)", (as_halfvec(query), [image_id for image_id, _ in rows])))
-        hits = load_hits(conn, [(image_id, distances.get(image_id)) for image_id, _ in rows])
+        hits, hidden = self._tiles(conn, [(image_id, distances.get(image_id)) for image_id, _ in rows], folded)
         if phrases:
             add_snippets(conn, hits, phrases)
             for hit in hits:
                 hit.written = hit.snippet is not None
-        page = Page(self._with_snippets(conn, hits, filters), next_cursor, strategy, chosen.key, chosen.note)
+        page = Page(self._with_snippets(conn, hits, filters), next_cursor, strategy, chosen.key, chosen.note,
+                    folded=hidden)
         if cut is not None and not cut.nothing:   # the photos past the cut-off, by relevance
             # (none when nothing matched: a search by relevance shows how far off the photos are)
             page.weaker_cursor = Cursor(query, filters.to_params(), limit, cut.distance, MAX_ID,

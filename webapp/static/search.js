@@ -206,8 +206,56 @@ function tile(hit) {
   like.textContent = "More like this";
   like.addEventListener("click", () => moreLike(hit.id));
   cell.append(a, like);
+  if (hit.similar > 0) cell.append(similarButton(hit));
   return cell;
 }
+
+// Copies of one picture (recompressed, resized, screenshots, bursts) share a tile: "+N similar"
+// opens them beside it, and closes them again.
+function similarButton(hit) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "similar";
+  button.tabIndex = -1;   // the keyboard has S on a focused photo
+  button.dataset.id = hit.id;
+  button.dataset.count = hit.similar;
+  button.textContent = `+${hit.similar} similar`;
+  button.title = "Other copies of this picture: recompressed, resized, screenshots, bursts";
+  button.setAttribute("aria-expanded", "false");
+  return button;
+}
+
+async function toggleCopies(button) {
+  const id = button.dataset.id;
+  if (button.getAttribute("aria-expanded") === "true") {
+    results.querySelectorAll(`.cell[data-copy-of="${CSS.escape(id)}"]`).forEach((cell) => cell.remove());
+    button.setAttribute("aria-expanded", "false");
+    button.textContent = `+${button.dataset.count} similar`;
+    remember();
+    return;
+  }
+  try {
+    const page = await fetchPage(`/api/search?${new URLSearchParams({ lookalikes_of: id, limit: 100 })}`);
+    let after = button.closest(".cell");
+    page.results.filter((hit) => String(hit.id) !== id).forEach((hit) => {
+      const copy = tile(hit);
+      copy.classList.add("copy");
+      copy.dataset.copyOf = id;
+      after.after(copy);
+      after = copy;
+    });
+    button.setAttribute("aria-expanded", "true");
+    button.textContent = "Hide similar";
+    remember();
+  } catch (error) {
+    showError(error instanceof RequestFailed ? error.error : { message: "Cannot reach clipdex." });
+  }
+}
+
+results.addEventListener("click", (event) => {
+  const button = event.target.closest("button.similar");
+  if (button) toggleCopies(button);
+});
 
 function tiles() {
   return [...results.querySelectorAll(".tile")];
@@ -245,6 +293,12 @@ results.addEventListener("keydown", (event) => {
   } else if (event.key === "m" || event.key === "M") {
     event.preventDefault();
     moreLike(Number(current.dataset.id));
+  } else if (event.key === "s" || event.key === "S") {
+    const button = current.parentElement.querySelector("button.similar");
+    if (button) {
+      event.preventDefault();
+      toggleCopies(button);
+    }
   }
 });
 
