@@ -33,11 +33,12 @@ def any_lookalikes(conn: psycopg.Connection) -> bool:
 
 def fold_copies(conn: psycopg.Connection, model_id: int, ids: list[int], filters: Filters,
                 query: np.ndarray | None, order: str = "relevance", preferred: frozenset[int] = frozenset(), *,
-                folding: bool = True) -> Folded:
+                folding: bool) -> Folded:
     """Which of a page's ``ids`` show, and how many copies each stands for. With a ``query`` the
     copy nearest it shows (``preferred`` ones first: those holding the query's words); without,
-    the first by date in ``order``. ``folding`` False: every one shows."""
-    if not ids or not folding or not filters.collapse or filters.lookalikes_of is not None:
+    the first by date in ``order``. ``folding`` False (the search service's decision: the filters
+    ask for every copy, or the library has none): every one shows."""
+    if not ids or not folding:
         return Folded(set(ids))
     groups = dict(conn.execute(
         "SELECT i.id, i.look_group FROM images i WHERE i.id = ANY(%s) AND (i.look_group <> i.id OR EXISTS "
