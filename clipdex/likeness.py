@@ -43,8 +43,8 @@ def _cosine_basis(n: int, keep: int) -> np.ndarray:
     return basis.astype(np.float64)
 
 
-_COARSE = (32, _cosine_basis(32, 8))     # the picture's shrink, and the transform keeping 8×8 frequencies
-_DETAIL = (64, _cosine_basis(64, 16))    # 16×16 of a 64×64 shrink
+_COARSE_BASIS = _cosine_basis(32, 8)     # 8×8 frequencies of a 32×32 shrink
+_DETAIL_BASIS = _cosine_basis(64, 16)    # 16×16 of a 64×64 shrink
 
 
 def trim_bars(gray: np.ndarray) -> np.ndarray:
@@ -53,7 +53,7 @@ def trim_bars(gray: np.ndarray) -> np.ndarray:
     height, width = gray.shape
 
     def flat(line: np.ndarray, colour: float, share: float) -> bool:
-        return np.count_nonzero(np.abs(line - colour) <= _BAR_TOLERANCE) >= share * line.size
+        return np.count_nonzero(np.abs(line.astype(np.int16) - colour) <= _BAR_TOLERANCE) >= share * line.size
 
     def edge(lines: np.ndarray) -> int:
         """How many leading lines form a bar of the first line's colour."""
@@ -81,24 +81,28 @@ class Look(NamedTuple):
     share: float          # of the frame that is picture, bars trimmed (a screenshot's photo: about 0.4)
 
 
-def _bits(picture: Image.Image, shrink: tuple[int, np.ndarray]) -> np.ndarray:
-    side, basis = shrink
-    shrunk = np.asarray(picture.resize((side, side), Image.Resampling.BOX), dtype=np.float64)
+def _shrunk(picture: Image.Image, side: int) -> np.ndarray:
+    return np.asarray(picture.resize((side, side), Image.Resampling.BOX), dtype=np.float64)
+
+
+def _bits(shrunk: np.ndarray, basis: np.ndarray) -> bytes:
     coefficients = (basis @ shrunk @ basis.T).flatten()
-    return coefficients > np.median(coefficients[1:])   # the DC term (overall brightness) sets no threshold
+    # The DC term (overall brightness) sets no threshold.
+    return np.packbits(coefficients > np.median(coefficients[1:])).tobytes()
 
 
 def look_of(image: Image.Image) -> Look:
     """The picture's hashes and the share of the frame it fills. A blank picture gets none:
     every blank picture would look alike."""
-    gray = np.asarray(image.convert("L"), dtype=np.float64)
+    gray = np.asarray(image.convert("L"))
     trimmed = trim_bars(gray)
     share = trimmed.size / max(1, gray.size)
-    picture = Image.fromarray(trimmed.astype(np.uint8))
-    if np.asarray(picture.resize((32, 32), Image.Resampling.BOX), dtype=np.float64).std() < FLAT_SPREAD:
+    picture = Image.fromarray(np.ascontiguousarray(trimmed))
+    coarse = _shrunk(picture, 32)
+    if coarse.std() < FLAT_SPREAD:
         return Look(None, None, share)
-    value = int.from_bytes(np.packbits(_bits(picture, _COARSE)).tobytes(), "big")
-    detail = np.packbits(_bits(picture, _DETAIL)).tobytes()
+    value = int.from_bytes(_bits(coarse, _COARSE_BASIS), "big")
+    detail = _bits(_shrunk(picture, 64), _DETAIL_BASIS)
     return Look(value - (1 << 64) if value >= 1 << 63 else value, detail, share)
 
 
