@@ -41,7 +41,24 @@ def outside_reason(real: bytes) -> str:
 
 def open_regular(path: bytes, inside: Sequence[bytes] | None) -> tuple[BinaryIO, os.stat_result]:
     """An open regular file at ``path`` and its fstat. ``inside``: resolved folders the resolved
-    path must lie in (None: anywhere). Raises FileNotFoundError, PermissionError, FileRefused."""
+    path must lie in (None: anywhere). Raises FileNotFoundError, PermissionError, FileRefused.
+
+    A member of a zip archive (``archive.zip//member``, clipdex/archives.py) opens the same way:
+    the archive file passes these checks, the member's reader and stat stand for the file's."""
+    from clipdex import archives
+
+    member = archives.split_member(path)
+    if member is not None:
+        archive, st = _open_file(member[0], inside)
+        try:
+            return archives.open_member(archive, st, member[1])
+        except BaseException:
+            archive.close()
+            raise
+    return _open_file(path, inside)
+
+
+def _open_file(path: bytes, inside: Sequence[bytes] | None) -> tuple[BinaryIO, os.stat_result]:
     real = os.path.realpath(path)
     if inside is not None and not any(within(real, folder) for folder in inside):
         raise FileRefused(outside_reason(real))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,24 @@ from clipdex.vocabulary import SOURCE_KINDS
 
 SOURCE_CHOICE = click.Choice(["auto", *SOURCE_KINDS])
 FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+class FolderOrArchive(click.Path):
+    """A folder, or one zip archive (a Takeout part) read in place."""
+
+    def __init__(self):
+        super().__init__(exists=True, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        from clipdex.archives import is_archive
+
+        path = super().convert(value, param, ctx)
+        if not path.is_dir() and not is_archive(os.fsencode(path.name)):
+            self.fail(f"{value!r} is neither a folder nor a .zip archive", param, ctx)
+        return path
+
+
+FOLDER_OR_ARCHIVE = FolderOrArchive()
 
 
 def _print_plan(plan) -> None:
@@ -69,7 +88,7 @@ def _run_settings(ctx: click.Context, keep_missing: bool, model_name: str | None
 
 
 @click.command("index")
-@click.argument("path", type=FOLDER)
+@click.argument("path", type=FOLDER_OR_ARCHIVE)
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True,
               help="Export format; auto detects it per folder.")
 @KEEP_MISSING
@@ -79,7 +98,8 @@ def _run_settings(ctx: click.Context, keep_missing: bool, model_name: str | None
 @click.pass_context
 def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool, model_name: str | None,
           pretrained: str | None) -> None:
-    """Index PATH in this process (no broker): the same pipeline the workers run."""
+    """Index PATH in this process (no broker): a folder, or a .zip archive read in place; the
+    same pipeline the workers run."""
     import time
 
     from clipdex import status
@@ -173,7 +193,7 @@ def _need_broker(settings: Settings) -> None:
 
 
 @click.command("enqueue")
-@click.argument("path", type=FOLDER)
+@click.argument("path", type=FOLDER_OR_ARCHIVE)
 @click.option("--source", type=SOURCE_CHOICE, default="auto", show_default=True)
 @KEEP_MISSING
 @RETRY_FAILED
@@ -182,7 +202,8 @@ def _need_broker(settings: Settings) -> None:
 @click.pass_context
 def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool,
                 model_name: str | None, pretrained: str | None) -> None:
-    """Scan PATH and queue its new files for the Celery workers; prints the run id."""
+    """Scan PATH (a folder, or a .zip archive) and queue its new files for the Celery workers;
+    prints the run id."""
     from clipdex.database import open_database
     from indexer.producer import enqueue, plan_run
 

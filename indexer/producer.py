@@ -15,18 +15,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipdex import model_registry
+from clipdex import archives, model_registry
 from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex.files import allowed_roots
 from clipdex.model import ModelSpec
 from clipdex.roots import display_path
 from indexer import store
-from indexer.scan import ScannedFolder, ScanProblem, walk
+from indexer.scan import ScannedFile, ScannedFolder, ScanProblem, list_archives, walk
 from clipdex.roots import known_roots
 from clipdex.vocabulary import SOURCE_KINDS
 from indexer.placement import Placement, place
-from indexer.sources import FileTask, VirtualFolder, detect, get_source
+from indexer.sources import FileTask, VirtualFolder, detect, get_source, path_components
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ def group_folders(placement: Placement, source: str,
     root_components = _components(placement.root_path)
     groups: dict[tuple[str, tuple[str, ...]], VirtualFolder] = {}
     for folder in folders:
-        rel = display_path(folder.relpath)
-        components = root_components + (tuple(rel.split(os.sep)) if rel else ())
+        components = root_components + path_components(folder.relpath)
         kind = source if source != "auto" else detect(components)
         key = get_source(kind).folder_key(components, len(root_components))
         group = groups.get((kind, key))
@@ -85,8 +84,8 @@ def missing_files(located: list[tuple[bytes, str]], folders: list[ScannedFolder]
     """
     by_folder: dict[bytes, list[tuple[bytes, bytes, str]]] = defaultdict(list)
     for relpath, kind in located:
-        parent, name = os.path.split(relpath)
-        by_folder[parent].append((name, relpath, kind))
+        parent = archives.folder_of(relpath)
+        by_folder[parent].append((relpath[len(parent):].lstrip(b"/"), relpath, kind))
     missing: list[tuple[bytes, str]] = []
     for folder in folders:
         stored = by_folder.pop(folder.relpath, None)
@@ -111,24 +110,36 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
     if source != "auto" and source not in SOURCE_KINDS:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCE_KINDS)} or auto")
     model_key = ModelSpec.from_settings(settings).key()
+    # One archive named on its own: its folder is placed, and only the archive is listed.
+    archive_file = path.is_file() and archives.is_archive(os.fsencode(path.name))
     with database.transaction() as conn:
-        placement = place(settings, conn, path)
+        placement = place(settings, conn, path.parent if archive_file else path)
         registered = known_roots(conn)
         model_id = model_registry.model_id(conn, model_key)
         indexed = store.indexed_files(conn, placement.root, model_id if model_id is not None else -1)
         without_vector = store.images_without_vector(conn, placement.root, model_id if model_id is not None else -1)
         failed = {} if retry_failed else store.failed_before(conn, placement.root)
         already = model_registry.embedded_images(conn, model_id)
-        located = store.located_files(conn, placement.root, placement.relpath)
+        scanned = placement.relpath
+        if archive_file:
+            scanned = os.path.join(scanned, os.fsencode(path.name)) if scanned else os.fsencode(path.name)
+        located = store.located_files(conn, placement.root, scanned)
 
     folders: list[ScannedFolder] = []
     problems: list[tuple[bytes, str]] = []
-    for item in walk(os.fsencode(placement.root_path), placement.relpath,
-                     allowed_roots(settings, registered, placement.root_path)):
-        if isinstance(item, ScanProblem):
-            problems.append((item.relpath, item.reason))
-        else:
-            folders.append(item)
+    inside = allowed_roots(settings, registered, placement.root_path)
+    if archive_file:
+        st = path.stat()
+        folders.append(ScannedFolder(placement.relpath, [ScannedFile(os.fsencode(path.name), st.st_size,
+                                                                     st.st_mtime_ns, st.st_ino)]))
+    else:
+        for item in walk(os.fsencode(placement.root_path), placement.relpath, inside):
+            if isinstance(item, ScanProblem):
+                problems.append((item.relpath, item.reason))
+            else:
+                folders.append(item)
+    folders, unlisted = list_archives(os.fsencode(placement.root_path), folders, inside)
+    problems.extend((item.relpath, item.reason) for item in unlisted)
 
     counts: dict[str, SourceCount] = defaultdict(SourceCount)
     per_source: dict[str, list[FileTask]] = defaultdict(list)
@@ -181,7 +192,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
     defer_index = files >= max(settings.defer_index_files, already)
     with database.connect() as conn, model_registry.waiting_at_most(conn, settings.lock_timeout,
                                                            f"cannot start a run for {path}"):
-        run_id = store.create_run(conn, mode=mode, root=placement.root, path=placement.relpath,
+        run_id = store.create_run(conn, mode=mode, root=placement.root, path=scanned,
                                   source=source, model=model_key, defer_index=defer_index)
         if defer_index and model_id is not None:
             model_registry.drop_vector_index(conn, model_id)

@@ -1,4 +1,5 @@
-"""Walks a library with ``os.scandir`` and ``stat`` only: no file is opened here.
+"""Walks a library with ``os.scandir`` and ``stat`` only: no photo is opened here (a zip
+archive's central directory is read, to list its members as folders: ``list_archives``).
 
 Names stay bytes from start to end, so a file whose name is not valid UTF-8 (GBK names from QQ
 or from a zip made on Chinese Windows) is found, stored and read back exactly. Symbolic links are
@@ -14,7 +15,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from clipdex.files import outside_reason, within
+from clipdex import archives
+from clipdex.files import FileRefused, open_regular, outside_reason, within
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +89,45 @@ def walk(root: bytes, start: bytes = b"", inside: Sequence[bytes] | None = None
             continue
         yield folder
         pending.extend(sorted(subfolders, reverse=True))
+
+
+def list_archives(root: bytes, folders: list[ScannedFolder], inside: Sequence[bytes] | None
+                  ) -> tuple[list[ScannedFolder], list[ScanProblem]]:
+    """Each zip archive among the scanned files becomes the folders of its members
+    (``archive.zip//Takeout/Google Photos/Trip``), listed from its central directory; the archive
+    itself is no longer a file of its folder. An archive that cannot be listed, and a member whose
+    name would lead outside it, are problems."""
+    found: list[ScannedFolder] = []
+    problems: list[ScanProblem] = []
+    for folder in folders:
+        kept: list[ScannedFile] = []
+        for f in folder.files:
+            if not archives.is_archive(f.name):
+                kept.append(f)
+                continue
+            relpath = folder.file_relpath(f.name)
+            try:
+                handle, st = open_regular(os.path.join(root, relpath), inside)
+                with handle:
+                    listing = archives.listing(handle, st)
+            except FileNotFoundError:
+                problems.append(ScanProblem(relpath, "archive vanished before it was listed"))
+                continue
+            except FileRefused as exc:
+                problems.append(ScanProblem(relpath, str(exc)))
+                continue
+            except OSError as exc:
+                problems.append(ScanProblem(relpath, f"cannot read archive: {exc.strerror or exc}"))
+                continue
+            members: dict[bytes, ScannedFolder] = {}
+            for entry in listing.entries.values():
+                parent, _, name = entry.name.rpartition(b"/")
+                inner = members.get(parent)
+                if inner is None:
+                    inner = members[parent] = ScannedFolder(archives.member_path(relpath, parent))
+                inner.files.append(ScannedFile(name, entry.size, entry.mtime_ns, entry.crc))
+            found.extend(members[key] for key in sorted(members))
+            problems.extend(ScanProblem(archives.member_path(relpath, name), reason)
+                            for name, reason in listing.problems)
+        folder.files = kept
+    return folders + found, problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -232,6 +233,17 @@ def takeout_library(base: Path) -> Path:
     # Videos Google could not process are skipped.
     write(photos1 / "Failed Videos" / "broken.jpg", jpeg(12), MTIME)
     return base
+
+
+def zip_folder(folder: Path, target: Path, *, method: int = zipfile.ZIP_DEFLATED, **kw) -> Path:
+    """Every file under ``folder`` into ``target``, named by its path below ``folder`` and keeping
+    its time, as Takeout writes its parts."""
+    with zipfile.ZipFile(target, "w", method, **kw) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return target
+
 
 
 # --- iPhone DCIM ---------------------------------------------------------------------------------

@@ -12,9 +12,16 @@ from typing import Any, BinaryIO
 import psycopg
 
 from clipdex.config import Settings
+from clipdex.archives import split_shown
 from clipdex.files import FileRefused, open_regular, read_capped
 from clipdex.roots import RootError, absolute, known_roots, local_root
 from clipdex.search.errors import Conflict, NotFound
+
+
+def _archive_member(relpath: str) -> dict[str, str]:
+    """For a photo read inside a zip: the archive's path and the member's name within it."""
+    inside = split_shown(relpath)
+    return {"archive": inside[0], "member": inside[1]} if inside else {}
 
 
 def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
@@ -32,7 +39,7 @@ def image_detail(conn: psycopg.Connection, image_id: int) -> dict[str, Any]:
     detail["locations"] = [
         {"root": root, "path": relpath, "source": source, "album": album, "byte_size": size,
          "modified": datetime.fromtimestamp(mtime_ns / 1e9).astimezone().isoformat(),
-         "source_meta": meta}
+         "source_meta": meta, **_archive_member(relpath)}
         for root, relpath, source, album, size, mtime_ns, meta in conn.execute(
             "SELECT root, relpath, source, album, byte_size, mtime_ns, source_meta FROM locations "
             "WHERE image_id = %s ORDER BY album IS NULL, first_seen_at, id", (image_id,))]

@@ -43,6 +43,12 @@ def decode_path(value: str | dict) -> bytes:
     return value.encode("utf-8")
 
 
+def path_components(relpath: bytes) -> tuple[str, ...]:
+    """The names on a relative path, readable; an archive's members continue its path
+    (``a.zip//Takeout/x`` is a.zip, Takeout, x)."""
+    return tuple(name for name in display_path(relpath).split(os.sep) if name)
+
+
 def extension(name: str | bytes) -> str:
     if isinstance(name, bytes):
         name = display_path(name)
@@ -101,8 +107,7 @@ class VirtualFolder:
 
     def components(self, part: ScannedFolder) -> tuple[str, ...]:
         """The names on a part's path, root path included."""
-        rel = display_path(part.relpath)
-        return self.root_components + (tuple(rel.split(os.sep)) if rel else ())
+        return self.root_components + path_components(part.relpath)
 
     def files(self) -> list[tuple[ScannedFolder, ScannedFile]]:
         return [(part, f) for part in self.parts for f in part.files]
