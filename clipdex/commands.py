@@ -177,7 +177,8 @@ def db_stop(ctx: click.Context) -> None:
 @click.pass_context
 def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_json: bool,
                limit: int) -> None:
-    """Ingest runs: per source, files queued, done, duplicates, failed, and the rate."""
+    """Ingest runs: per source, files queued, done, duplicates, failed, and the rate; the
+    `clipdex watch` processes keeping folders current."""
     from clipdex import status
     from clipdex.database import open_database
 
@@ -194,6 +195,9 @@ def status_cmd(ctx: click.Context, run_id: int | None, show_failures: bool, as_j
             return
         runs = [status.get_run(conn, run_id)] if run_id is not None else status.list_runs(conn, limit)
         texts = status.text_reading(conn) if run_id is None and not as_json else None
+        watchers = status.list_watchers(conn) if run_id is None and not as_json else []
+    for watcher in watchers:
+        click.echo(printable(watcher.line()))
     if texts:
         click.echo(texts)
     if as_json:

@@ -67,6 +67,19 @@ def _parse_fraction(env: str) -> Callable[[str], float]:
     return parse
 
 
+def _parse_seconds(env: str, minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{env}: expected a number of seconds, got {text!r}") from None
+        if not minimum <= value < float("inf"):
+            raise ConfigError(f"{env}: must be at least {minimum:g} seconds, got {text!r}")
+        return value
+
+    return parse
+
+
 def _parse_bool(env: str) -> Callable[[str], bool]:
     def parse(text: str) -> bool:
         lowered = text.strip().lower()
@@ -177,6 +190,19 @@ class Settings:
         "with no copy left leaves the index). Off: keep them (`--keep-missing` for one run). A scan "
         "that finds no file at all, or cannot read a folder, forgets nothing there.",
         _parse_bool("CLIPDEX_FORGET_MISSING"),
+    )
+    watch_settle: float = _setting(
+        "CLIPDEX_WATCH_SETTLE", 2.0,
+        "`clipdex watch` indexes a changed folder once nothing in it has changed for this many "
+        "seconds and the files it saw change keep their size: a photo still being copied is read "
+        "once, whole.",
+        _parse_seconds("CLIPDEX_WATCH_SETTLE", 0.1),
+    )
+    watch_rescan: float = _setting(
+        "CLIPDEX_WATCH_RESCAN", 900.0,
+        "`clipdex watch` scans its folders whole this often (seconds), for changes no event "
+        "announced (network shares often send none).",
+        _parse_seconds("CLIPDEX_WATCH_RESCAN", 1.0),
     )
     ocr: bool = _setting(
         "CLIPDEX_OCR", True,

@@ -227,6 +227,53 @@ def text_reading(conn: psycopg.Connection) -> str | None:
     return line
 
 
+WATCHER_SILENT_SECONDS = 60   # a watcher beats every 10 s: this long without one, it is gone
+
+
+@dataclass
+class WatcherStatus:
+    """One ``clipdex watch`` process, as its row in ``watchers`` says."""
+
+    id: int
+    host: str
+    pid: int
+    paths: list[str]
+    mode: str
+    started_at: datetime
+    seen_at: datetime
+    last_change_at: datetime | None
+    last_rescan_at: datetime | None
+    runs: int
+    files: int
+    stopped_at: datetime | None
+    silent_seconds: float
+
+    @property
+    def state(self) -> str:
+        if self.stopped_at is not None:
+            return "stopped"
+        return "watching" if self.silent_seconds < WATCHER_SILENT_SECONDS else "not answering"
+
+    def line(self) -> str:
+        when = (lambda t: t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "never")
+        head = f"watch [{self.state}] {', '.join(self.paths)} on {self.host} (pid {self.pid}, {self.mode})"
+        if self.state == "not answering":
+            return f"{head}: no heartbeat for {duration(self.silent_seconds)} (killed, or its machine is down)"
+        return (f"{head} since {when(self.started_at)}: last change {when(self.last_change_at)}, "
+                f"last rescan {when(self.last_rescan_at)}, {plural(self.runs, 'run')}, "
+                f"{plural(self.files, 'file')} indexed")
+
+
+def list_watchers(conn: psycopg.Connection, limit: int = 5) -> list[WatcherStatus]:
+    """The watchers running or silent, then those stopped in the last day, newest first."""
+    rows = conn.execute(
+        "SELECT id, host, pid, paths, mode, started_at, seen_at, last_change_at, last_rescan_at, runs, files, "
+        "stopped_at, extract(epoch FROM now() - seen_at) FROM watchers "
+        "WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 day' "
+        "ORDER BY stopped_at IS NOT NULL, started_at DESC LIMIT %s", (limit,)).fetchall()
+    return [WatcherStatus(*row[:-1], silent_seconds=float(row[-1])) for row in rows]
+
+
 def plural(count: int, word: str, words: str | None = None) -> str:
     """'1 file', '2 files' (``words`` for irregular plurals)."""
     return f"{count} {word if count == 1 else (words or word + 's')}"

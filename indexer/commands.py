@@ -291,4 +291,36 @@ def dupes_cmd(ctx: click.Context, as_json: bool, limit: int | None) -> None:
         click.echo("no photo has a look-alike")
 
 
-COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd, ocr_cmd, dupes_cmd]
+@click.command("watch")
+@click.argument("paths", nargs=-1, required=True, type=FOLDER)
+@click.option("--rescan", type=click.FloatRange(min=1), default=None,
+              help="Seconds between whole scans of PATHS (CLIPDEX_WATCH_RESCAN, default 900).")
+@click.pass_context
+def watch_cmd(ctx: click.Context, paths: tuple[Path, ...], rescan: float | None) -> None:
+    """Keep the index of PATHS current: new, changed, moved and deleted photos are indexed as
+    they settle (filesystem events, and a whole rescan every CLIPDEX_WATCH_RESCAN seconds for
+    what no event announced). Runs here, or queues for the Celery workers when CLIPDEX_BROKER_URL
+    is set. Stops on Ctrl-C or SIGTERM; `clipdex status` shows it."""
+    import signal
+    import threading
+
+    from clipdex.database import open_database
+    from indexer.watch import Watcher
+
+    settings = settings_of(ctx)
+    if rescan is not None:
+        settings = settings.replace(watch_rescan=rescan)
+    database = open_database(settings, repair_indexes=False)
+    settings = _library_model(settings, database)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    where = "queued for the Celery workers" if settings.broker_url else "indexed in this process"
+    click.echo(f"watching {', '.join(str(p) for p in paths)}: changes {where}, "
+               f"a whole rescan every {duration(settings.watch_rescan)}", err=True)
+    totals = Watcher(settings, database, list(paths), out=sys.stderr).run(stop)
+    click.echo(f"stopped watching: {plural(totals.runs, 'run')}, {plural(totals.files, 'file')} indexed, "
+               f"{totals.forgotten} forgotten")
+
+
+COMMANDS = [index, enqueue_cmd, resume_cmd, worker_cmd, ocr_cmd, dupes_cmd, watch_cmd]

@@ -196,8 +196,17 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
                                   source=source, model=model_key, defer_index=defer_index)
         if defer_index and model_id is not None:
             model_registry.drop_vector_index(conn, model_id)
+        store.release_abandoned_images(conn, placement.root)
         if forget and gone:
-            store.forget_files(conn, placement.root, [relpath for relpath, _ in gone])
+            # A file gone from one place whose size, time and inode the scan met at another was
+            # moved: its image waits for the run to reach it there (no model work) instead of
+            # leaving with its last location; the run's end lets go of what no file claimed.
+            moved = {(t.size, t.mtime_ns, t.inode) for tasks in per_source.values() for t in tasks if t.inode}
+            stored = {**{k: v[:3] for k, v in without_vector.items()}, **indexed}
+            held = [relpath for relpath, _ in gone if stored.get(relpath) in moved]
+            store.forget_files(conn, placement.root, [relpath for relpath, _ in gone if stored.get(relpath)
+                                                      not in moved])
+            store.hold_images(conn, run_id, store.forget_files(conn, placement.root, held, keep_images=True))
         store.record_sources(conn, run_id, [(kind, c.path or "", c.seen, c.unchanged, c.skipped, c.queued,
                                              c.gone, c.failed_before) for kind, c in counts.items()])
         store.add_batches(conn, run_id, batches)

@@ -91,6 +91,32 @@ def add_batches(conn: psycopg.Connection, run_id: int, batches: list[tuple[int, 
         )
 
 
+def delete_run(conn: psycopg.Connection, run_id: int) -> None:
+    """Removes a run that found nothing to do (a watcher's quiet rescan), with its rows."""
+    conn.execute("DELETE FROM ingest_runs WHERE id = %s", (run_id,))
+
+
+def register_watcher(conn: psycopg.Connection, host: str, pid: int, paths: list[str], mode: str) -> int:
+    return conn.execute("INSERT INTO watchers (host, pid, paths, mode) VALUES (%s, %s, %s, %s) RETURNING id",
+                        (host, pid, paths, mode)).fetchone()[0]
+
+
+def note_watcher(conn: psycopg.Connection, watcher_id: int, *, last_rescan: bool = False,
+                 run_files: int | None = None) -> None:
+    """The watcher's heartbeat, with what it just did: a whole rescan, or a run of run_files files."""
+    conn.execute(
+        "UPDATE watchers SET seen_at = now(), "
+        "last_rescan_at = CASE WHEN %(rescan)s THEN now() ELSE last_rescan_at END, "
+        "last_change_at = CASE WHEN %(ran)s THEN now() ELSE last_change_at END, "
+        "runs = runs + CASE WHEN %(ran)s THEN 1 ELSE 0 END, files = files + coalesce(%(files)s, 0) "
+        "WHERE id = %(id)s",
+        {"rescan": last_rescan, "ran": run_files is not None, "files": run_files, "id": watcher_id})
+
+
+def stop_watcher(conn: psycopg.Connection, watcher_id: int) -> None:
+    conn.execute("UPDATE watchers SET stopped_at = now(), seen_at = now() WHERE id = %s", (watcher_id,))
+
+
 def mark_enqueued(conn: psycopg.Connection, run_id: int) -> bool:
     """Marks the scan done; True when that finishes the run (the workers were quicker)."""
     conn.execute("UPDATE ingest_runs SET enqueued_at = now() WHERE id = %s", (run_id,))
@@ -240,6 +266,7 @@ def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
     if open_batches:
         return False
     conn.execute("UPDATE ingest_runs SET finished_at = now() WHERE id = %s", (run_id,))
+    release_images(conn, run_id)
     # The run's model scores queries against a sample of its vectors (the match cut-off): drawn
     # again once the library has grown or shrunk by a tenth.
     conn.execute("SELECT clipdex_refresh_sample_if_due(m.id) FROM ingest_runs r JOIN models m ON m.name = r.model "
@@ -351,15 +378,45 @@ def located_files(conn: psycopg.Connection, root: str, folder: bytes) -> list[tu
     return [(bytes(relpath), source) for relpath, source in rows]
 
 
-def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes]) -> None:
+def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes], *,
+                 keep_images: bool = False) -> list[int]:
     """Removes the locations of files no longer on disk, then every image left with no location
-    (its vectors and thumbnail go with it): a search must not offer a photo that exists nowhere."""
+    (its vectors and thumbnail go with it): a search must not offer a photo that exists nowhere.
+    ``keep_images``: the images stay (files moved elsewhere: hold_images). Returns their ids."""
+    removed: list[int] = []
     for start in range(0, len(relpaths), 10_000):
         chunk = relpaths[start:start + 10_000]
         images = [r[0] for r in conn.execute(
             "DELETE FROM locations WHERE root = %s AND relpath_bytes = ANY(%b) RETURNING image_id",
             (root, chunk))]
-        delete_orphan_images(conn, images)
+        if not keep_images:
+            delete_orphan_images(conn, images)
+        removed.extend(images)
+    return removed
+
+
+def hold_images(conn: psycopg.Connection, run_id: int, image_ids: list[int]) -> None:
+    """Images a run keeps while their files move (held until the run ends)."""
+    if image_ids:
+        conn.execute("UPDATE ingest_runs SET held_images = %s WHERE id = %s", (sorted(set(image_ids)), run_id))
+
+
+def release_images(conn: psycopg.Connection, run_id: int) -> None:
+    """At a run's end: its held images that no file claimed leave the index."""
+    row = conn.execute("UPDATE ingest_runs r SET held_images = NULL FROM ingest_runs old "
+                       "WHERE r.id = %s AND old.id = r.id AND old.held_images IS NOT NULL "
+                       "RETURNING old.held_images", (run_id,)).fetchone()
+    if row is not None:
+        delete_orphan_images(conn, row[0])
+
+
+def release_abandoned_images(conn: psycopg.Connection, root: str) -> None:
+    """Images held by runs of ``root`` that never finished (killed) and started over a day ago."""
+    for (held,) in conn.execute(
+            "UPDATE ingest_runs r SET held_images = NULL FROM ingest_runs old WHERE old.id = r.id "
+            "AND r.root = %s AND old.held_images IS NOT NULL AND r.finished_at IS NULL "
+            "AND r.started_at < now() - interval '1 day' RETURNING old.held_images", (root,)).fetchall():
+        delete_orphan_images(conn, held)
 
 
 def delete_orphan_images(conn: psycopg.Connection, image_ids: list[int]) -> None:

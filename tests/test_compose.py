@@ -29,7 +29,7 @@ def _command(service) -> list[str]:
 
 
 def test_services_present(compose):
-    assert {"postgres", "redis", "web", "worker", "flower"} <= set(compose["services"])
+    assert {"postgres", "redis", "web", "worker", "watch", "flower"} <= set(compose["services"])
     assert compose["services"]["postgres"]["image"].startswith("pgvector/pgvector:")
 
 
@@ -75,14 +75,17 @@ def test_web_runs_the_real_server(compose):
 
 def test_wiring_between_services(compose):
     services = compose["services"]
-    for name in ("web", "worker", "flower", "migrate"):
+    for name in ("web", "worker", "watch", "flower", "migrate"):
         env = services[name]["environment"]
         settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("CLIPDEX_")})
         assert "@postgres:5432/" in settings.database_url
         assert settings.broker_url.startswith("redis://:${REDIS_PASSWORD:?") and "@redis:6379/" in settings.broker_url
     assert _command(services["migrate"]) == ["clipdex", "db", "upgrade"]
+    # The watcher watches the library's mount and queues for the workers (a broker is set).
+    watch = _command(services["watch"])
+    assert watch[:2] == ["clipdex", "watch"] and watch[2] == services["watch"]["environment"]["CLIPDEX_ROOTS"].split("=")[1]
     # The library is mounted read-only where CLIPDEX_ROOTS says it is.
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "watch"):
         roots = Settings.from_env({"CLIPDEX_ROOTS": services[name]["environment"]["CLIPDEX_ROOTS"]}).roots
         mounts = [v for v in services[name]["volumes"] if v.endswith(":ro")]
         assert any(m.split(":")[-2] == str(roots["photos"]) for m in mounts)

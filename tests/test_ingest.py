@@ -254,6 +254,38 @@ def test_files_gone_from_disk_are_forgotten_and_only_those(settings, db, tmp_pat
     assert sum(c.gone for c in empty.plan.sources.values()) == 0
 
 
+def test_a_moved_photo_keeps_its_image_and_costs_no_model_work(settings, db, tmp_path):
+    root = tmp_path / "lib"
+    for n in range(3):
+        L.write(root / "inbox" / f"p{n}.jpg", L.jpeg(700 + n), L.MTIME)
+    index(settings, db, root)
+    before = located(db.url)
+    (root / "2024").mkdir()
+    os.rename(root / "inbox" / "p0.jpg", root / "2024" / "p0.jpg")
+    (root / "inbox" / "p1.jpg").unlink()
+    moved = index(settings, db, root)
+    assert moved.images_encoded == 0 and moved.plan.files == 1      # read (hashed) at its new place only
+    after = located(db.url)
+    assert set(after) == {"2024/p0.jpg", "inbox/p2.jpg"}
+    assert after["2024/p0.jpg"]["id"] == before["inbox/p0.jpg"]["id"] and after["2024/p0.jpg"]["album"] == "2024"
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT held_images FROM ingest_runs WHERE id = %s",
+                            (moved.plan.run_id,)).fetchone()[0] is None     # let go when the run ended
+    assert counts(db.url)["images"] == 2 and counts(db.url)["embeddings"] == 2
+
+    # A file that looked moved (same size, time and inode elsewhere) but holds other bytes: the
+    # held image leaves when the run ends.
+    os.rename(root / "inbox" / "p2.jpg", root / "2024" / "p2.jpg")
+    with open(root / "2024" / "p2.jpg", "r+b") as handle:
+        stat = os.fstat(handle.fileno())
+        handle.seek(stat.st_size - 3)
+        handle.write(b"\xff\xd9\x00")
+    os.utime(root / "2024" / "p2.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    index(settings, db, root)
+    assert counts(db.url)["images"] == 2 and set(located(db.url)) == {"2024/p0.jpg", "2024/p2.jpg"}
+    assert located(db.url)["2024/p2.jpg"]["id"] != before["inbox/p2.jpg"]["id"]
+
+
 def test_the_cli_says_what_it_forgot_or_kept(settings, db, tmp_path):
     root = L.iphone_library(tmp_path / "lib")
     env = settings.to_environ()
