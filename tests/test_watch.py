@@ -168,11 +168,15 @@ def test_with_a_broker_the_celery_workers_index_what_changes(settings, db, redis
     assert modes == {"celery"}
 
 
-def test_a_watcher_that_died_is_shown_as_not_answering(db):
+def test_a_watcher_that_died_is_shown_as_not_answering(settings, db):
     with psycopg.connect(db.url, autocommit=True) as conn:
         conn.execute("INSERT INTO watchers (host, pid, paths, mode, started_at, seen_at) "
                      "VALUES ('nas', 4242, '{/photos}', 'celery', now() - interval '2 hours', now() - interval '5 minutes')")
         (watcher,) = status.list_watchers(conn)
     assert watcher.state == "not answering"
+    from webapp import create_app
+
+    page = create_app(settings).test_client().get("/status").get_data(as_text=True)
+    assert watcher.line() in page and 'class="watcher-not-answering"' in page
     assert watcher.line() == ("watch [not answering] /photos on nas (pid 4242, celery): no heartbeat for "
                               f"{status.duration(watcher.silent_seconds)} (killed, or its machine is down)")

@@ -43,7 +43,9 @@ def detail_page(image_id: int):
 def status_page():
     with runtime().connection() as conn:
         runs = status.list_runs(conn, limit=20)
-    return render_template("status.html", runs=runs, duration=status.duration, plural=status.plural)
+        watchers = status.list_watchers(conn)
+    return render_template("status.html", runs=runs, watchers=watchers, duration=status.duration,
+                           plural=status.plural)
 
 
 @bp.get("/status/<int:run_id>")
