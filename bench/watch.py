@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> Report:
         stop = threading.Event()
         thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
         thread.start()
-        wait_stored(settings.database_url, "cron/new.jpg")
-        while watcher._next_rescan == 0.0:      # the start-up rescan has run
-            time.sleep(0.05)
+        if not watcher.caught_up.wait(300):
+            raise SystemExit("the watcher did not finish its start-up scan")
         latencies: list[float] = []
         for n in range(args.photos):
             relpath = f"new/{n % 4}/w{n:03d}.jpg"

@@ -137,6 +137,7 @@ class Watcher:
         self._watcher_id: int | None = None
         self._next_rescan = 0.0
         self._first_scan = True
+        self.caught_up = threading.Event()   # set once the start-up rescan is done
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class Watcher:
         try:
             self._register()
             self.rescan()
+            self.caught_up.set()
             beat = self.clock()
             while not stop.wait(min(0.25, self.settings.watch_settle / 2)):
                 for folder in self.changes.due():

@@ -59,6 +59,7 @@ def test_copies_moves_renames_and_deletions_are_followed(settings, db, tmp_path)
     for n in range(2):
         L.write(library / "a" / f"p{n}.jpg", L.jpeg(600 + n), L.MTIME)
     with watching(settings, db, library) as watcher:
+        assert watcher.caught_up.wait(120)
         rows = paths_become(db.url, {"a/p0.jpg", "a/p1.jpg"})                   # caught up at start
         before = watcher.totals.files
 
@@ -71,6 +72,8 @@ def test_copies_moves_renames_and_deletions_are_followed(settings, db, tmp_path)
                 handle.flush()
                 time.sleep(0.3)
         rows = paths_become(db.url, {"a/p0.jpg", "a/p1.jpg", "b/new.jpg"})
+        wait_for(lambda: watcher.totals.files - before == 1, 30, "the watcher to count the run")
+        time.sleep(1.0)                                                         # twice the settle time
         assert watcher.totals.files - before == 1 and failures(db.url) == {}
         assert rows["b/new.jpg"]["width"] == 640
 
@@ -134,8 +137,12 @@ def test_the_command_runs_until_sigterm_and_status_shows_it(settings, tmp_path):
         paths_become(settings.database_url, {"x.jpg"}, timeout=120)
         L.write(library / "y.jpg", L.jpeg(641), L.MTIME)
         paths_become(settings.database_url, {"x.jpg", "y.jpg"})
-        with psycopg.connect(settings.database_url) as conn:
-            (watcher,) = status.list_watchers(conn)
+
+        def counted():
+            with psycopg.connect(settings.database_url) as conn:
+                found = status.list_watchers(conn)
+            return found if found and found[0].files == 2 else None
+        (watcher,) = wait_for(counted, 30, "the watcher's row to count both runs")
         assert watcher.state == "watching" and watcher.paths == [str(library)] and watcher.mode == "local"
         shown = subprocess.run([sys.executable, "-m", "clipdex.cli", "status"], env=env, capture_output=True,
                                text=True, timeout=120)
