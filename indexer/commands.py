@@ -239,16 +239,31 @@ def resume_cmd(ctx: click.Context, run_id: int) -> None:
 @click.option("--queues", default="embed", show_default=True,
               type=click.Choice(["embed", "ocr", "embed,ocr", "ocr,embed"]),
               help="embed: model work (one worker per GPU); ocr: reading text (CPU); or both.")
+@click.option("--gpus", default=None,
+              help="GPUs for the embed queue: 'all' (the default) or numbers such as 0,2. Several: one "
+                   "worker process per GPU, each seeing only its own.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def worker_cmd(ctx: click.Context, queues: str, celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on the embed queue (one per GPU) or the ocr queue; extra arguments go to Celery."""
+def worker_cmd(ctx: click.Context, queues: str, gpus: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker on the embed queue (one process per GPU) or the ocr queue; extra
+    arguments go to Celery."""
+    from indexer.gpus import chosen_gpus, supervise, visible_gpus
     from indexer.worker import run_worker
 
     from clipdex.database import open_database
 
     settings = settings_of(ctx)
     _need_broker(settings)
+    try:
+        devices = chosen_gpus(gpus) if "embed" in queues else []
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if len(devices) > 1:
+        if not visible_gpus():
+            click.echo("clipdex worker: no GPU is visible here; each worker runs on the CPU", err=True)
+        ctx.exit(supervise(settings, devices, queues, celery_args))
+    if devices and visible_gpus():   # one GPU, by its number among those this process sees
+        settings = settings.replace(device=f"cuda:{devices[0]}")
     if not settings.model_named:
         settings = _library_model(settings, open_database(settings, repair_indexes=False))
     run_worker(settings, celery_args, queues)

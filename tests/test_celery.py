@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import psycopg
@@ -14,7 +16,8 @@ from indexer.in_process import index_folder
 from indexer.producer import enqueue, plan_run
 from tests import libraries as L
 from tests.conftest import fresh_database, run_cli
-from tests.workers import run_finished, start_worker, stop_worker, wait_for, workers
+from indexer.worker import make_celery
+from tests.workers import run_finished, start_worker, stop_worker, wait_for, wait_ready, workers
 
 pytestmark = pytest.mark.celery
 
@@ -207,3 +210,49 @@ def test_a_task_that_fails_for_good_marks_its_batch_and_the_run_finishes(setting
     assert "batches 2/2" in status and "new 20" in status and "failed 0" in status
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT count(*) FROM ingest_failures WHERE run_id = %s", (plan.run_id,)).fetchone()[0] == 0
+
+
+def test_one_worker_process_per_gpu_under_one_supervisor(settings, redis_url, tmp_path):
+    """`clipdex worker --gpus 0,1`: two real worker processes, each with its own node name and only
+    its GPU visible (this machine has none: they run on the CPU), sharing the run's batches;
+    SIGTERM to the parent stops both."""
+    from indexer.gpus import chosen_gpus, per_gpu_args
+
+    assert per_gpu_args(("--hostname", "worker@%h"), "1") == ["--hostname", "worker-gpu1@%h"]
+    assert per_gpu_args(("-nw@%h", "--loglevel", "INFO"), "0") == ["-nw-gpu0@%h", "--loglevel", "INFO"]
+    assert per_gpu_args((), "3") == ["--hostname", "embed-gpu3@%h"]
+    assert chosen_gpus("0,2") == ["0", "2"]
+    with pytest.raises(ValueError, match="device numbers"):
+        chosen_gpus("0,x")
+
+    library = tmp_path / "lib"
+    for i in range(16):
+        L.write(library / f"p{i:02}.png", L.png(2400 + i))
+    producer = settings.replace(broker_url=redis_url, task_files=2)
+    db = open_database(producer)
+    plan = plan_run(producer, db, library, mode="celery")
+    log = open(tmp_path / "supervisor.log", "wb")
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "clipdex.cli", "worker", "--gpus", "0,1", "-n", "w@%h", "--without-gossip",
+         "--without-mingle", "--without-heartbeat"],
+        env=producer.child_environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(producer, ["w-gpu0", "w-gpu1"])
+        enqueue(producer, db, plan.run_id, plan.batches)
+        wait_for(run_finished(db.url, plan.run_id), 180, "the run to finish")
+        with psycopg.connect(db.url) as conn:
+            used = {r[0].split("@")[0] for r in conn.execute(
+                "SELECT DISTINCT worker FROM ingest_batches WHERE run_id = %s", (plan.run_id,))}
+        assert len(used) == 2 and counts_of(db.url)["images"] == 16     # two processes shared the run
+    finally:
+        os.killpg(parent.pid, signal.SIGTERM)
+        parent.wait(timeout=120)
+    assert parent.returncode == 0, (tmp_path / "supervisor.log").read_text()[-3000:]
+    assert "GPU 0:" in (tmp_path / "supervisor.log").read_text()
+    answered = {n.split("@")[0] for reply in make_celery(producer).control.ping(timeout=1.0) or [] for n in reply}
+    assert not answered & {"w-gpu0", "w-gpu1"}          # both children stopped with their parent
+
+
+def counts_of(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {"images": conn.execute("SELECT count(*) FROM images").fetchone()[0]}
