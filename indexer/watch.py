@@ -94,9 +94,9 @@ class Changes:
                 if now - pending.last_event < self.settle:
                     unsettled.append(folder)
                     continue
-                grown = {path for path, size in pending.sizes.items() if _size(path) != size}
-                if grown:
-                    pending.sizes.update({path: _size(path) for path in grown})
+                now_sizes = {path: _size(path) for path in pending.sizes}
+                if now_sizes != pending.sizes:
+                    pending.sizes = now_sizes
                     pending.last_event = now
                     unsettled.append(folder)
             ready = sorted(folder for folder in self._pending if folder not in unsettled
@@ -168,7 +168,7 @@ class Watcher:
                     self.rescan()
                 if now - beat >= HEARTBEAT_SECONDS:
                     beat = now
-                    self._heartbeat()
+                    self._note()
                 self._show()
         finally:
             observer.stop()
@@ -266,9 +266,6 @@ class Watcher:
             self._watcher_id = store.register_watcher(conn, socket.gethostname(), os.getpid(),
                                                       [str(p) for p in self.paths],
                                                       "celery" if self.celery else "local")
-
-    def _heartbeat(self) -> None:
-        self._note()
 
     def _note(self, *, last_rescan: bool = False, run_files: int | None = None) -> None:
         if self._watcher_id is None:
