@@ -1,12 +1,12 @@
-"""Takeout zips read in place against the same export extracted.
+"""Takeout zips and .tgz parts read in place against the same export extracted.
 
     python -m bench.archives [--scale 3] [--members 200000] [--smoke] [--json OUT]
 
 1. Indexing: the decode benchmark's corpus (camera JPEGs, HEICs, screenshots, chat images),
    ``--scale`` copies of it, laid out as a three-part Takeout with a sidecar per photo, indexed in
    this process with the tiny random-weight model into a fresh embedded database: from the parts
-   extracted (the baseline) and from the three zips, each twice in turn after a warm-up run, the
-   faster run of each kept. Photos/s, the bytes the process read
+   extracted (the baseline), from the three zips and from the three .tgz parts, each twice in turn
+   after a warm-up run, the faster run of each kept. Photos/s, the bytes the process read
    (``rchar``: every read call, files and sockets alike) and the disk each form of the export takes.
 2. The producer: ``--members`` members (half photos, half sidecars, empty: the producer never reads
    a photo) in four zip parts, planned (list the archives, match the sidecars across parts, store
@@ -28,7 +28,7 @@ from bench.ingest import SMOKE_COUNTS, library_from
 from bench.report import Report, fresh_database
 from clipdex import embedded_postgres
 from clipdex.config import Settings
-from tests.libraries import zip_folder
+from tests.libraries import tar_folder, zip_folder
 from tests.tiny_model import TINY_MODEL_CFG, write_model_folder
 
 PARTS = 3
@@ -63,6 +63,13 @@ def zipped(export: Path, target: Path) -> Path:
     target.mkdir()
     for part in sorted(export.iterdir()):
         zip_folder(part, target / f"{part.name}.zip")
+    return target
+
+
+def tarred(export: Path, target: Path) -> Path:
+    target.mkdir()
+    for part in sorted(export.iterdir()):
+        tar_folder(part, target / f"{part.name}.tgz")
     return target
 
 
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> Report:
                                                 work / "copies", args.scale).rglob("*") if p.is_file())
         files = takeout_tree(photos, work / "extracted")
         zipped(work / "extracted", work / "zips")
+        tarred(work / "extracted", work / "tgz")
         model = write_model_folder(work / "model", TINY_MODEL_CFG)
         base = embedded_postgres.server_url(home)
 
@@ -131,35 +139,49 @@ def main(argv: list[str] | None = None) -> Report:
 
         # A first run loads the model and warms every cache; then each form twice, in turn, best kept.
         index_once(settings("warm_up"), work / "extracted")
-        runs: dict[str, list[tuple[float, int, int]]] = {"extracted": [], "zips": []}
+        runs: dict[str, list[tuple[float, int, int]]] = {"extracted": [], "zips": [], "tgz": []}
         for attempt in range(2):
             for form in runs:
                 runs[form].append(index_once(settings(f"{form}_{attempt}"), work / form))
-        (extracted_s, extracted_n, extracted_read), (zip_s, zip_n, zip_read) = (min(runs[f]) for f in runs)
-        if extracted_n != zip_n or not zip_n:   # a few corpus copies share their bytes: fewer images than files
-            raise SystemExit(f"indexed {extracted_n} extracted and {zip_n} zipped images of {files} files")
+        (extracted_s, extracted_n, extracted_read), (zip_s, zip_n, zip_read), (tgz_s, tgz_n, tgz_read) = (
+            min(runs[f]) for f in runs)
+        if not extracted_n == zip_n == tgz_n or not zip_n:   # copies sharing bytes: fewer images than files
+            raise SystemExit(f"indexed {extracted_n} extracted, {zip_n} zipped and {tgz_n} tgz images of {files}")
 
         members = work / "members"
         members.mkdir()
         member_parts(members, args.members)
         extract(members, work / "members-extracted")
+        tarred(work / "members-extracted", work / "members-tgz")
         plan_zip_s, planned_zip = plan_once(settings("plan_zips"), members)
         plan_tree_s, planned_tree = plan_once(settings("plan_tree"), work / "members-extracted")
-        if planned_zip != planned_tree:
-            raise SystemExit(f"planned {planned_zip} members but {planned_tree} extracted files")
+        tgz_settings = settings("plan_tgz")
+        plan_tgz_s, planned_tgz = plan_once(tgz_settings, work / "members-tgz")
+        replan_tgz_s, _ = plan_once(tgz_settings, work / "members-tgz")
+        if not planned_zip == planned_tree == planned_tgz:
+            raise SystemExit(f"planned {planned_zip} zipped, {planned_tgz} tgz and {planned_tree} extracted members")
 
-        report = Report(f"Takeout zips in place: {files} photos in {PARTS} parts; the producer on "
+        report = Report(f"Takeout zips and .tgz parts in place: {files} photos in {PARTS} parts; the producer on "
                         f"{args.members:,} members", "the same export extracted")
         report.facts.update({"photos": str(files), "export extracted": f"{disk_bytes(work / 'extracted') / 2**20:.0f} MiB",
-                             "export as zips": f"{disk_bytes(work / 'zips') / 2**20:.0f} MiB"})
+                             "export as zips": f"{disk_bytes(work / 'zips') / 2**20:.0f} MiB",
+                             "export as .tgz": f"{disk_bytes(work / 'tgz') / 2**20:.0f} MiB"})
         report.add("index, photos/s", files / zip_s, files / extracted_s, "photos/s",
                    note=f"{zip_s:.1f} s from zips, {extracted_s:.1f} s extracted; {zip_n} distinct images")
+        report.add("index from .tgz, photos/s", files / tgz_s, files / extracted_s, "photos/s",
+                   note=f"{tgz_s:.1f} s from .tgz parts (the producer's listing pass included)")
         report.add("bytes read by the process, MiB", zip_read / 2**20, extracted_read / 2**20, "MiB",
                    higher_is_better=False, note="rchar: files and sockets")
+        report.add("bytes read from .tgz, MiB", tgz_read / 2**20, extracted_read / 2**20, "MiB",
+                   higher_is_better=False, note="listing pass, then the workers' pass: each part read twice")
         report.add(f"producer, {args.members:,} members, members/s", args.members / plan_zip_s,
                    args.members / plan_tree_s, "members/s",
                    note=f"{plan_zip_s:.1f} s from {PRODUCER_PARTS} zips, {plan_tree_s:.1f} s extracted; "
                         f"{planned_zip:,} photos planned")
+        report.add(f"producer, {args.members:,} members in .tgz, members/s", args.members / plan_tgz_s,
+                   args.members / plan_tree_s, "members/s", note=f"{plan_tgz_s:.1f} s: every part inflated to list it")
+        report.add("the same .tgz planned again, members/s", args.members / replan_tgz_s, args.members / plan_tree_s,
+                   "members/s", note=f"{replan_tgz_s:.1f} s: the listings kept in the database")
         report.emit(args.json)
         return report
     finally:

@@ -1,12 +1,12 @@
-"""Photos inside zip archives, read in place: a Google Takeout arrives as dozens of 2-50 GB zips,
-and unpacking them would double the disk a user needs.
+"""Photos inside archives, read in place: a Google Takeout arrives as dozens of 2-50 GB zips (or
+.tgz parts: clipdex/tarballs.py), and unpacking them would double the disk a user needs.
 
 A member is stored as a location like any file: its path is the archive's path, ``//``, then the
 member's name (``Takeout/takeout-001.zip//Takeout/Google Photos/Trip/IMG_1.jpg``). A path walked
 on disk never holds ``//``, so the first one always marks the archive. Member names are kept as
 the bytes the archive holds (a zip from Chinese Windows stores GBK names without the UTF-8 flag).
 
-Only the central directory is read to list an archive (a few MB even for 200,000 members). A
+Only the central directory is read to list a zip (a few MB even for 200,000 members). A
 member is read from its own offset: its local header, then its compressed bytes, inflated as
 they are read, so memory stays near the member's size whatever the archive's, and its CRC-32
 and size are checked at the end. A member's size and time are its own; its CRC-32 stands where a
@@ -30,7 +30,8 @@ from typing import BinaryIO, NamedTuple
 from clipdex.files import FileRefused
 
 SEPARATOR = b"//"
-ARCHIVE_EXTENSIONS = (b".zip",)
+ARCHIVE_EXTENSIONS = (b".zip", b".tgz", b".tar.gz", b".tar")
+TAR_EXTENSIONS = (b".tgz", b".tar.gz", b".tar")
 _LOCAL_HEADER = b"PK\x03\x04"
 _STORED, _DEFLATED = 0, 8
 _METHOD_NAMES = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES"}
@@ -55,11 +56,17 @@ class Entry:
     flags: int
     mtime_ns: int
 
+    @property
+    def inode(self) -> int:
+        """What stands for a file's inode: a zip member's CRC-32, a tar member's offset."""
+        return self.crc if self.method >= 0 else self.offset
+
 
 @dataclass(slots=True)
 class Listing:
     entries: dict[bytes, Entry] = field(default_factory=dict)
     problems: list[tuple[bytes, str]] = field(default_factory=list)   # (member name, reason)
+    damage: str | None = None    # a tar part cut short: the members before it were listed
 
 
 class MemberStat(NamedTuple):
@@ -73,6 +80,17 @@ class MemberStat(NamedTuple):
 
 def is_archive(name: bytes) -> bool:
     return name.lower().endswith(ARCHIVE_EXTENSIONS)
+
+
+def is_tar(name: bytes) -> bool:
+    """A tar part (.tgz, .tar.gz, .tar): read forward only, listed once (clipdex/tarballs.py)."""
+    return name.lower().endswith(TAR_EXTENSIONS)
+
+
+def tar_of(path: bytes) -> bytes | None:
+    """The tar part a stored path lies in, or None (a file on disk, a zip member)."""
+    member = split_member(path)
+    return member[0] if member is not None and is_tar(member[0]) else None
 
 
 def member_path(archive: bytes, member: bytes) -> bytes:
@@ -101,7 +119,7 @@ def split_shown(path: str) -> tuple[str, str] | None:
     return (archive, member) if sep and member else None
 
 
-def _name_problem(name: bytes) -> str | None:
+def name_problem(name: bytes) -> str | None:
     if name.startswith(b"/") or (len(name) > 1 and name[1:2] == b":"):
         return "member path is absolute; not read"
     parts = name.split(b"/")
@@ -134,7 +152,7 @@ def list_zip(handle: BinaryIO) -> Listing:
             name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
             if name.endswith(b"/"):
                 continue
-            problem = _name_problem(name)
+            problem = name_problem(name)
             if problem is not None:
                 listing.problems.append((name, problem))
                 continue
@@ -172,9 +190,14 @@ def refusal(entry: Entry) -> str | None:
     return None
 
 
-def open_member(archive: BinaryIO, st: os.stat_result, member: bytes) -> tuple[BinaryIO, MemberStat]:
-    """A reader of one member of an open archive (which it closes with itself). Raises
-    FileNotFoundError (no such member) or ArchiveRefused."""
+def open_member(archive: BinaryIO, st: os.stat_result, member: bytes, path: bytes = b""
+                ) -> tuple[BinaryIO, MemberStat]:
+    """A reader of one member of an open archive at ``path`` (which it closes with itself).
+    Raises FileNotFoundError (no such member) or ArchiveRefused."""
+    if is_tar(path):
+        from clipdex import tarballs
+
+        return tarballs.open_member(archive, st, member)
     entry = listing(archive, st).entries.get(member)
     if entry is None:
         raise FileNotFoundError(f"no member {member!r} in the archive")

@@ -43,7 +43,7 @@ def open_regular(path: bytes, inside: Sequence[bytes] | None) -> tuple[BinaryIO,
     """An open regular file at ``path`` and its fstat. ``inside``: resolved folders the resolved
     path must lie in (None: anywhere). Raises FileNotFoundError, PermissionError, FileRefused.
 
-    A member of a zip archive (``archive.zip//member``, clipdex/archives.py) opens the same way:
+    A member of an archive (``archive.zip//member``, clipdex/archives.py; tar parts too) opens the same way:
     the archive file passes these checks, the member's reader and stat stand for the file's."""
     from clipdex import archives
 
@@ -51,7 +51,7 @@ def open_regular(path: bytes, inside: Sequence[bytes] | None) -> tuple[BinaryIO,
     if member is not None:
         archive, st = _open_file(member[0], inside)
         try:
-            return archives.open_member(archive, st, member[1])
+            return archives.open_member(archive, st, member[1], member[0])
         except BaseException:
             archive.close()
             raise

@@ -16,15 +16,15 @@ from typing import Any, Callable
 
 import psycopg
 
-from clipdex import model_registry
+from clipdex import archives, model_registry
 from clipdex.files import allowed_roots
-from clipdex.roots import RootError, local_root
+from clipdex.roots import RootError, absolute, local_root
 from indexer import store
 from indexer.embed import embed
 from indexer.metadata import image_facts
-from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, VectorOnly, prepare
+from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, VectorOnly, prepare, read_file
 from indexer.runtime import Runtime
-from indexer.sources import FileTask
+from indexer.sources import FileTask, side_files
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,21 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
     embedded: list[New | VectorOnly] = []
     seen_new: set[bytes] = set()
     task_iter = iter(tasks)
+    _keep_side_texts(rt, ctx, tasks)
 
     def submit_next() -> None:
         task = next(task_iter, None)
         if task is not None:
-            futures.append(rt.threads.submit(prepare, task, ctx, rt.model, rt.pool,
-                                             max_file_bytes=settings.max_file_bytes,
-                                             max_pixels=settings.max_pixels, budget=rt.decode_budget))
+            options = dict(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
+                           budget=rt.decode_budget)
+            if archives.tar_of(task.relpath) is None:
+                futures.append(rt.threads.submit(prepare, task, ctx, rt.model, rt.pool, **options))
+                return
+            # A tar part reads forward only: its members are read in order on one thread, a few
+            # files ahead of the decode threads (each read holds a slot until its file is prepared).
+            preread = rt.stream_reader.submit(_read_ahead, rt, absolute(root_path, task.relpath),
+                                              settings.max_file_bytes, ctx.inside)
+            futures.append(rt.threads.submit(_prepare_read, rt, task, ctx, preread, options))
 
     for _ in range(window):
         submit_next()
@@ -107,6 +115,35 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
     outcome.vectors_only = [store.VectorRow(p.image_id, p.vector, p.task.relpath, p.file.size, p.file.mtime_ns)
                             for p in embedded if isinstance(p, VectorOnly)]
     return outcome
+
+
+def _read_ahead(rt: Runtime, path: bytes, max_bytes: int, inside):
+    rt.stream_slots.acquire()
+    return read_file(path, max_bytes, inside)
+
+
+def _prepare_read(rt: Runtime, task: FileTask, ctx: BatchContext, preread: Future, options: dict) -> Prepared:
+    try:
+        return prepare(task, ctx, rt.model, rt.pool, preread=preread, **options)
+    finally:
+        rt.stream_slots.release()
+
+
+def _keep_side_texts(rt: Runtime, ctx: BatchContext, tasks: list[FileTask]) -> None:
+    """Puts in the batch's cache the sidecars and album files that lie in tar parts, from the
+    parts' listings: reaching them in the stream could mean inflating a part again."""
+    wanted: dict[bytes, list[bytes]] = defaultdict(list)
+    for task in tasks:
+        for path in side_files(task):
+            part = archives.tar_of(path)
+            if part is not None:
+                wanted[part].append(path)
+    for part, paths in wanted.items():
+        texts = rt.archive_texts(ctx.work.root, part)
+        for path in paths:
+            text = texts.get(archives.split_member(path)[1])
+            if text is not None:
+                ctx.cache[("file", path)] = text
 
 
 def process_batch(rt: Runtime, run_id: int, batch_no: int,

@@ -20,7 +20,7 @@ FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 class FolderOrArchive(click.Path):
-    """A folder, or one zip archive (a Takeout part) read in place."""
+    """A folder, or one archive (a Takeout part: .zip, .tgz) read in place."""
 
     def __init__(self):
         super().__init__(exists=True, path_type=Path)
@@ -30,7 +30,7 @@ class FolderOrArchive(click.Path):
 
         path = super().convert(value, param, ctx)
         if not path.is_dir() and not is_archive(os.fsencode(path.name)):
-            self.fail(f"{value!r} is neither a folder nor a .zip archive", param, ctx)
+            self.fail(f"{value!r} is neither a folder nor a .zip or .tgz archive", param, ctx)
         return path
 
 
@@ -98,7 +98,7 @@ def _run_settings(ctx: click.Context, keep_missing: bool, model_name: str | None
 @click.pass_context
 def index(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool, model_name: str | None,
           pretrained: str | None) -> None:
-    """Index PATH in this process (no broker): a folder, or a .zip archive read in place; the
+    """Index PATH in this process (no broker): a folder, or a .zip or .tgz archive read in place; the
     same pipeline the workers run."""
     import time
 
@@ -202,7 +202,7 @@ def _need_broker(settings: Settings) -> None:
 @click.pass_context
 def enqueue_cmd(ctx: click.Context, path, source: str, keep_missing: bool, retry_failed: bool,
                 model_name: str | None, pretrained: str | None) -> None:
-    """Scan PATH (a folder, or a .zip archive) and queue its new files for the Celery workers;
+    """Scan PATH (a folder, or a .zip or .tgz archive) and queue its new files for the Celery workers;
     prints the run id."""
     from clipdex.database import open_database
     from indexer.producer import enqueue, plan_run

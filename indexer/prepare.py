@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -122,12 +123,13 @@ Prepared = Union[Failed, Skipped, Known, New, VectorOnly]
 
 
 def prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, *, max_file_bytes: int,
-            max_pixels: int, budget: DecodeBudget | None = None) -> Prepared:
+            max_pixels: int, budget: DecodeBudget | None = None, preread: Future | None = None) -> Prepared:
     """One file through the threaded stages. Never raises for the file's sake: any surprise becomes
-    its failure (a database error is re-raised: the whole batch must be retried)."""
+    its failure (a database error is re-raised: the whole batch must be retried). ``preread``:
+    the file's ``read_file`` answer, read on another thread (members of a tar part, in order)."""
     timings: dict[str, float] = {}
     try:
-        return _prepare(task, ctx, model, pool, max_file_bytes, max_pixels, budget, timings)
+        return _prepare(task, ctx, model, pool, max_file_bytes, max_pixels, budget, timings, preread)
     except psycopg.Error:
         raise
     except Exception as exc:
@@ -176,9 +178,12 @@ def describe(ctx: BatchContext, task: FileTask) -> SourceInfo:
 
 
 def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file_bytes: int, max_pixels: int,
-             budget: DecodeBudget | None, timings: dict[str, float]) -> Prepared:
+             budget: DecodeBudget | None, timings: dict[str, float], preread: Future | None = None) -> Prepared:
     t = time.perf_counter()
-    read, failure = read_file(absolute(ctx.root_path, task.relpath), max_file_bytes, ctx.inside)
+    if preread is not None:
+        read, failure = preread.result()
+    else:
+        read, failure = read_file(absolute(ctx.root_path, task.relpath), max_file_bytes, ctx.inside)
     if read is None:
         return Failed(task, *failure, task.size, task.mtime_ns, timings)
     data, st = read

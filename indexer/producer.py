@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
+from itertools import groupby
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clipdex import archives, model_registry
+from clipdex import archives, model_registry, tarballs
 from clipdex.config import Settings
 from clipdex.database import Database
 from clipdex.files import allowed_roots
 from clipdex.model import ModelSpec
 from clipdex.roots import display_path
 from indexer import store
-from indexer.scan import ScannedFile, ScannedFolder, ScanProblem, list_archives, walk
+from indexer.scan import ScannedFile, ScannedFolder, ScanProblem, TarLister, list_archives, walk
 from clipdex.roots import known_roots
 from clipdex.vocabulary import SOURCE_KINDS
 from indexer.placement import Placement, place
@@ -100,6 +102,42 @@ def missing_files(located: list[tuple[bytes, str]], folders: list[ScannedFolder]
             if relpath not in blind and not relpath.startswith(blind_folders)]
 
 
+def tar_lister(database: Database, root: str, listed: list[bytes]) -> TarLister:
+    """Lists a tar part, from the database when it has not changed since it was last listed
+    (listing a .tgz inflates all of it); appends each part's relpath to ``listed``."""
+    def list_tar(relpath: bytes, handle, st) -> archives.Listing:
+        listed.append(relpath)
+        identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with database.connect(autocommit=True) as conn:
+            kept = store.archive_listing(conn, root, relpath, *identity)
+        if kept is not None:
+            listing = tarballs.unpack_entries(kept[0])
+            listing.damage = kept[1]
+            return listing
+        started = time.perf_counter()
+        listing, texts = tarballs.list_tar(handle)
+        log.info("listed %s: %d members in %.1f s", display_path(relpath), len(listing.entries),
+                 time.perf_counter() - started)
+        with database.connect(autocommit=True) as conn:
+            store.save_archive_listing(conn, root, relpath, *identity, tarballs.pack_entries(listing),
+                                       tarballs.pack_texts(texts), listing.damage)
+        return listing
+    return list_tar
+
+
+def in_batches(tasks: list[FileTask], size: int) -> list[list[FileTask]]:
+    """Batches of ``size`` files; the members of a tar part go last, in the order they lie in it,
+    in batches of their own, so a worker reads the part forward, once (clipdex/tarballs.py)."""
+    loose = [t for t in tasks if archives.tar_of(t.relpath) is None]
+    streamed = sorted((t for t in tasks if archives.tar_of(t.relpath) is not None),
+                      key=lambda t: (archives.tar_of(t.relpath), t.inode))
+    batches = [loose[start:start + size] for start in range(0, len(loose), size)]
+    for _part, members in groupby(streamed, key=lambda t: archives.tar_of(t.relpath)):
+        members = list(members)
+        batches += [members[start:start + size] for start in range(0, len(members), size)]
+    return batches
+
+
 def plan_run(settings: Settings, database: Database, path: Path, *, source: str = "auto",
              mode: str = "local", retry_failed: bool = False) -> RunPlan:
     """Scans ``path`` and records a run with its batches; returns what was planned.
@@ -138,7 +176,9 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
                 problems.append((item.relpath, item.reason))
             else:
                 folders.append(item)
-    folders, unlisted = list_archives(os.fsencode(placement.root_path), folders, inside)
+    listed_tars: list[bytes] = []
+    folders, unlisted = list_archives(os.fsencode(placement.root_path), folders, inside,
+                                      tar_lister(database, placement.root, listed_tars))
     problems.extend((item.relpath, item.reason) for item in unlisted)
 
     counts: dict[str, SourceCount] = defaultdict(SourceCount)
@@ -173,9 +213,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
 
     batches: list[tuple[int, str, list]] = []
     for kind in sorted(per_source):
-        tasks = per_source[kind]
-        for start in range(0, len(tasks), settings.task_files):
-            chunk = tasks[start:start + settings.task_files]
+        for chunk in in_batches(per_source[kind], settings.task_files):
             batches.append((len(batches) + 1, kind, [t.to_json() for t in chunk]))
 
     gone = missing_files(located, folders, problems)
@@ -197,6 +235,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         if defer_index and model_id is not None:
             model_registry.drop_vector_index(conn, model_id)
         store.release_abandoned_images(conn, placement.root)
+        store.forget_archive_listings(conn, placement.root, scanned, listed_tars)
         if forget and gone:
             # A file gone from one place whose size, time and inode the scan met at another was
             # moved: its image waits for the run to reach it there (no model work) instead of
@@ -215,12 +254,27 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
                    defer_index, 0 if forget else len(gone))
 
 
+def chains(batch_numbers: list[int], parts: dict[int, bytes | None]) -> list[list[int]]:
+    """The batches as Celery messages: consecutive batches of one tar part form one chain (one
+    worker reads the part forward once), every other batch is a chain of its own."""
+    found: list[tuple[list[int], bytes | None]] = []
+    for batch_no in sorted(batch_numbers):
+        part = parts.get(batch_no)
+        if part is not None and found and found[-1][1] == part and found[-1][0][-1] == batch_no - 1:
+            found[-1][0].append(batch_no)
+        else:
+            found.append(([batch_no], part))
+    return [numbers for numbers, _part in found]
+
+
 def enqueue(settings: Settings, database: Database, run_id: int, batch_numbers: list[int]) -> int:
     """Sends one Celery message per batch, then marks the run enqueued. Returns messages sent."""
     from indexer.worker import make_celery, send_batches, send_index_build
 
+    with database.connect() as conn:
+        parts = store.batch_parts(conn, run_id, batch_numbers)
     app = make_celery(settings)
-    send_batches(app, run_id, batch_numbers)
+    send_batches(app, run_id, chains(batch_numbers, parts))
     with database.transaction() as conn:
         finished = store.mark_enqueued(conn, run_id)
         deferred = store.deferred_index_model(conn, run_id) if finished else None

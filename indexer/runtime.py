@@ -10,17 +10,21 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 
-from clipdex import model_registry
+from clipdex import model_registry, tarballs
 from clipdex.config import Settings
 from clipdex.database import Database, open_database
 from clipdex.imaging import DecodeBudget
 from clipdex.model import ClipModel, load_model
 from clipdex.roots import known_roots
+from indexer import store
+
+_TEXTS_KEPT = 4
 
 
 class Runtime:
@@ -41,6 +45,9 @@ class Runtime:
         self._model_id: int | None = None
         self._lock = threading.Lock()
         self.images_encoded = 0   # model work done by this process, for status and tests
+        self.stream_reader = ThreadPoolExecutor(1, thread_name_prefix="clipdex-tar")   # tar members, in order
+        self.stream_slots = threading.Semaphore(2 * threads + 2)   # tar members read, not yet prepared
+        self._texts: OrderedDict[tuple[str, bytes], dict[bytes, bytes]] = OrderedDict()
 
     @property
     def model(self) -> ClipModel:
@@ -60,12 +67,30 @@ class Runtime:
                     lock_timeout=self.settings.lock_timeout)
         return self._model_id
 
+    def archive_texts(self, root: str, part: bytes) -> dict[bytes, bytes]:
+        """The small JSON members of a listed tar part (member name -> bytes); the last few parts
+        stay in memory, as a worker reads one part batch after batch."""
+        key = (root, part)
+        with self._lock:
+            if key in self._texts:
+                self._texts.move_to_end(key)
+                return self._texts[key]
+        with self.pool.connection() as conn:
+            packed = store.archive_texts(conn, root, part)
+        texts = tarballs.unpack_texts(packed) if packed else {}
+        with self._lock:
+            self._texts[key] = texts
+            while len(self._texts) > _TEXTS_KEPT:
+                self._texts.popitem(last=False)
+        return texts
+
     def registered_roots(self) -> dict[str, Path]:
         with self.pool.connection() as conn:
             return known_roots(conn)
 
     def close(self) -> None:
         self.threads.shutdown(wait=True)
+        self.stream_reader.shutdown(wait=True)
         self.pool.close()
 
 

@@ -1,5 +1,5 @@
-"""Walks a library with ``os.scandir`` and ``stat`` only: no photo is opened here (a zip
-archive's central directory is read, to list its members as folders: ``list_archives``).
+"""Walks a library with ``os.scandir`` and ``stat`` only: no photo is opened here (an archive is
+listed, to give its members as folders: ``list_archives``).
 
 Names stay bytes from start to end, so a file whose name is not valid UTF-8 (GBK names from QQ
 or from a zip made on Chinese Windows) is found, stored and read back exactly. Symbolic links are
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from clipdex import archives
 from clipdex.files import FileRefused, open_regular, outside_reason, within
@@ -91,17 +91,22 @@ def walk(root: bytes, start: bytes = b"", inside: Sequence[bytes] | None = None
         pending.extend(sorted(subfolders, reverse=True))
 
 
-def list_archives(root: bytes, folders: list[ScannedFolder], inside: Sequence[bytes] | None
-                  ) -> tuple[list[ScannedFolder], list[ScanProblem]]:
-    """Each zip archive among the scanned files becomes the folders of its members
-    (``archive.zip//Takeout/Google Photos/Trip``), listed from its central directory; the archive
-    itself is no longer a file of its folder. An archive that cannot be listed, and a member whose
-    name would lead outside it, are problems."""
+TarLister = Callable[[bytes, BinaryIO, os.stat_result], archives.Listing]
+
+
+def list_archives(root: bytes, folders: list[ScannedFolder], inside: Sequence[bytes] | None,
+                  list_tar: TarLister) -> tuple[list[ScannedFolder], list[ScanProblem]]:
+    """Each archive among the scanned files becomes the folders of its members
+    (``archive.zip//Takeout/Google Photos/Trip``); the archive itself is no longer a file of its
+    folder. A zip is listed from its central directory; a tar part by ``list_tar(relpath, handle,
+    stat)`` (the producer's, which keeps listings in the database). An archive that cannot be listed, a part cut short, and a member whose name would lead
+    outside its archive are problems."""
     found: list[ScannedFolder] = []
     problems: list[ScanProblem] = []
     for folder in folders:
         kept: list[ScannedFile] = []
         for f in folder.files:
+            tar = archives.is_tar(f.name)
             if not archives.is_archive(f.name):
                 kept.append(f)
                 continue
@@ -109,7 +114,7 @@ def list_archives(root: bytes, folders: list[ScannedFolder], inside: Sequence[by
             try:
                 handle, st = open_regular(os.path.join(root, relpath), inside)
                 with handle:
-                    listing = archives.listing(handle, st)
+                    listing = list_tar(relpath, handle, st) if tar else archives.listing(handle, st)
             except FileNotFoundError:
                 problems.append(ScanProblem(relpath, "archive vanished before it was listed"))
                 continue
@@ -125,9 +130,11 @@ def list_archives(root: bytes, folders: list[ScannedFolder], inside: Sequence[by
                 inner = members.get(parent)
                 if inner is None:
                     inner = members[parent] = ScannedFolder(archives.member_path(relpath, parent))
-                inner.files.append(ScannedFile(name, entry.size, entry.mtime_ns, entry.crc))
+                inner.files.append(ScannedFile(name, entry.size, entry.mtime_ns, entry.inode))
             found.extend(members[key] for key in sorted(members))
             problems.extend(ScanProblem(archives.member_path(relpath, name), reason)
                             for name, reason in listing.problems)
+            if listing.damage is not None:   # what lies past the damage is unknown: nothing forgotten
+                problems.append(ScanProblem(relpath, listing.damage))
         folder.files = kept
     return folders + found, problems

@@ -22,11 +22,12 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector
 
+from clipdex import archives
 from clipdex.roots import display_path
 from clipdex.search.words import name_words
 from clipdex.text import storable, storable_json
 from indexer.metadata import ImageFacts
-from indexer.sources import FileTask
+from indexer.sources import FileTask, decode_path
 from indexer.thumbnail import Thumbnail
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,13 @@ def add_batches(conn: psycopg.Connection, run_id: int, batches: list[tuple[int, 
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
             [(run_id, no, source, len(payload), json.dumps(payload)) for no, source, payload in batches],
         )
+
+
+def batch_parts(conn: psycopg.Connection, run_id: int, batch_numbers: list[int]) -> dict[int, bytes | None]:
+    """The tar part each batch reads (a batch holds members of one part, or none), by batch."""
+    rows = conn.execute("SELECT batch_no, payload->0->0 FROM ingest_batches WHERE run_id = %s AND batch_no = ANY(%s)",
+                        (run_id, batch_numbers))
+    return {no: archives.tar_of(decode_path(first)) if first is not None else None for no, first in rows}
 
 
 def delete_run(conn: psycopg.Connection, run_id: int) -> None:
@@ -376,6 +384,40 @@ def located_files(conn: psycopg.Connection, root: str, folder: bytes) -> list[tu
             "AND relpath_bytes >= %b AND relpath_bytes < %b",
             (root, folder + b"/", folder + b"0"))
     return [(bytes(relpath), source) for relpath, source in rows]
+
+
+def archive_listing(conn: psycopg.Connection, root: str, relpath: bytes, size: int, mtime_ns: int,
+                    inode: int) -> tuple[bytes, str | None] | None:
+    """(packed members, damage) of a tar part listed before as it is now; None when it changed
+    or was never listed (clipdex/tarballs.py)."""
+    row = conn.execute("SELECT members, damage FROM archive_listings WHERE root = %s AND relpath_bytes = %s "
+                       "AND size = %s AND mtime_ns = %s AND inode = %s", (root, relpath, size, mtime_ns, inode)
+                       ).fetchone()
+    return (bytes(row[0]), row[1]) if row else None
+
+
+def save_archive_listing(conn: psycopg.Connection, root: str, relpath: bytes, size: int, mtime_ns: int,
+                         inode: int, members: bytes, texts: bytes, damage: str | None) -> None:
+    conn.execute(
+        "INSERT INTO archive_listings (root, relpath_bytes, size, mtime_ns, inode, members, texts, damage) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (root, relpath_bytes) DO UPDATE SET "
+        "size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, inode = EXCLUDED.inode, members = EXCLUDED.members, "
+        "texts = EXCLUDED.texts, damage = EXCLUDED.damage, listed_at = now()",
+        (root, relpath, size, mtime_ns, inode, members, texts, storable(damage) if damage else None))
+
+
+def archive_texts(conn: psycopg.Connection, root: str, relpath: bytes) -> bytes | None:
+    """The packed small JSON members of a listed tar part (its sidecars and album files)."""
+    row = conn.execute("SELECT texts FROM archive_listings WHERE root = %s AND relpath_bytes = %s",
+                       (root, relpath)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def forget_archive_listings(conn: psycopg.Connection, root: str, folder: bytes, kept: list[bytes]) -> None:
+    """Drops the listings of tar parts under ``folder`` (b"": all) that the scan did not list."""
+    conn.execute("DELETE FROM archive_listings WHERE root = %s AND (%s = ''::bytea OR relpath_bytes = %s "
+                 "OR (relpath_bytes >= %s AND relpath_bytes < %s)) AND NOT relpath_bytes = ANY(%s)",
+                 (root, folder, folder, folder + b"/", folder + b"0", kept))
 
 
 def forget_files(conn: psycopg.Connection, root: str, relpaths: list[bytes], *,

@@ -12,6 +12,7 @@ from the environment for Celery's own command line, e.g. Flower).
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
 from celery.signals import worker_shutdown
@@ -54,11 +55,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def send_batches(app: Celery, run_id: int, batch_numbers: list[int]) -> None:
-    """One small message per batch: the run id and batch number, never the files themselves."""
+def send_batches(app: Celery, run_id: int, chains: list[list[int]]) -> None:
+    """One small message per chain of batches: the run id and batch numbers, never the files
+    themselves. A chain is one batch, or the batches of one tar part, which a single worker
+    reads forward in one go (clipdex/tarballs.py)."""
     with app.connection_for_write() as connection:
-        for batch_no in batch_numbers:
-            app.send_task(EMBED_TASK, args=(run_id, batch_no), queue=QUEUE, connection=connection)
+        for first, *then in chains:
+            send_chain(app, run_id, first, then, connection=connection)
+
+
+def send_chain(app: Celery, run_id: int, first: int, then: list[int], **options) -> None:
+    app.send_task(EMBED_TASK, args=(run_id, first), kwargs={"then": then} if then else {}, queue=QUEUE, **options)
 
 
 def send_index_build(app: Celery, model_id: int) -> None:
@@ -134,27 +141,51 @@ def _register_tasks(app: Celery) -> None:
         failed with the error: `clipdex status` shows it and the run can finish."""
 
         def on_failure(self, exc, task_id, args, kwargs, einfo):
-            from clipdex.database import open_database
-            from indexer import store
-
             run_id, batch_no = args
-            try:
-                with open_database(app.conf.clipdex_settings, repair_indexes=False).connect(autocommit=True) as conn:
-                    if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}").finished_run:
-                        model_id = store.deferred_index_model(conn, run_id)
-                        if model_id is not None:
-                            send_index_build(app, model_id)
-                        send_lookalike_grouping(app)
-            except Exception:
-                log.exception("cannot mark run %s batch %s as failed", run_id, batch_no)
+            _mark_failed(run_id, batch_no, exc)
+            then = list(kwargs.get("then") or [])
+            if then:   # the rest of the part's chain still needs a worker
+                send_chain(app, run_id, then[0], then[1:])
+
+    def _mark_failed(run_id: int, batch_no: int, exc: BaseException) -> None:
+        from clipdex.database import open_database
+        from indexer import store
+
+        try:
+            with open_database(app.conf.clipdex_settings, repair_indexes=False).connect(autocommit=True) as conn:
+                if store.fail_batch(conn, run_id, batch_no, f"{type(exc).__name__}: {exc}").finished_run:
+                    model_id = store.deferred_index_model(conn, run_id)
+                    if model_id is not None:
+                        send_index_build(app, model_id)
+                    send_lookalike_grouping(app)
+        except Exception:
+            log.exception("cannot mark run %s batch %s as failed", run_id, batch_no)
 
     # The database going away (restart, network) is waited out: the batch is retried with backoff
     # until it can be written. Nothing was written before the error, so a retry is safe.
     @app.task(name=EMBED_TASK, bind=True, base=BatchTask,
               autoretry_for=(psycopg.OperationalError, DatabaseError),
               retry_backoff=True, retry_backoff_max=30, retry_jitter=False, max_retries=None)
-    def embed_batch(self, run_id: int, batch_no: int) -> dict | None:
-        """Indexes one stored batch. Safe to run twice: a batch that is done is skipped."""
+    def embed_batch(self, run_id: int, batch_no: int, then: list[int] = ()) -> dict | None:
+        """Indexes one stored batch, then the batches ``then`` of the same tar part while the part's
+        stream is open. Safe to run twice: a batch that is done is skipped. Past half the broker's
+        visibility timeout, the rest of the chain goes back to the queue as a message of its own."""
+        started = time.monotonic()
+        result = _embed_one(run_id, batch_no)
+        for at, following in enumerate(then):
+            if time.monotonic() - started > app.conf.clipdex_settings.task_timeout / 2:
+                send_chain(app, run_id, following, list(then[at + 1:]))
+                break
+            try:
+                _embed_one(run_id, following)
+            except (psycopg.OperationalError, DatabaseError):
+                raise   # retried whole: the batches done are skipped
+            except Exception as exc:
+                log.exception("run %s batch %s failed", run_id, following)
+                _mark_failed(run_id, following, exc)
+        return result
+
+    def _embed_one(run_id: int, batch_no: int) -> dict | None:
         from indexer.batch import process_batch
 
         settings = app.conf.clipdex_settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -244,6 +245,17 @@ def zip_folder(folder: Path, target: Path, *, method: int = zipfile.ZIP_DEFLATED
                 archive.write(path, path.relative_to(folder).as_posix())
     return target
 
+
+def tar_folder(folder: Path, target: Path, *, mode: str = "w:gz", json_first: bool = False) -> Path:
+    """Every file under ``folder`` into a tar part at ``target`` (``w:gz``: a Takeout .tgz),
+    keeping its time. A tar keeps no order: ``json_first`` puts the sidecars before the photos."""
+    paths = sorted(path for path in folder.rglob("*") if path.is_file())
+    if json_first:
+        paths.sort(key=lambda path: path.suffix != ".json")
+    with tarfile.open(target, mode) as archive:
+        for path in paths:
+            archive.add(path, path.relative_to(folder).as_posix(), recursive=False)
+    return target
 
 
 # --- iPhone DCIM ---------------------------------------------------------------------------------

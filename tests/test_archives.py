@@ -36,11 +36,6 @@ def zipped_takeout(base: Path) -> Path:
     return export
 
 
-def as_extracted(path: str) -> str:
-    """The path a member would have in the extracted export."""
-    return path.replace(".zip//", "/", 1)
-
-
 def second_database(settings, pg_url: str, name: str):
     other = dataclasses.replace(settings, database_url=fresh_database(pg_url, name))
     return other, database.open_database(other)
@@ -51,13 +46,20 @@ def test_a_zipped_takeout_gives_the_rows_of_its_extracted_copy(settings, db, pg_
     result = index(settings, db, zips)
     zipped = located(db.url)
     assert result.images_encoded == 11
-
+    assert all(".zip//Takeout/Google Photos/" in p for p in zipped)
     other_settings, other_db = second_database(settings, pg_url, f"test_archives_{os.getpid()}")
     index(other_settings, other_db, tmp_path / "extracted")
-    extracted = located(other_db.url)
-    assert {as_extracted(p) for p in zipped} == set(extracted)
-    assert all(".zip//Takeout/Google Photos/" in p for p in zipped)
-    for path, row in zipped.items():
+    assert_rows_of_the_extracted_copy(db.url, other_db.url, ".zip")
+
+
+def assert_rows_of_the_extracted_copy(packed_url: str, extracted_url: str, suffix: str) -> None:
+    """The archives' rows (``suffix``: .zip, .tgz) are the extracted export's, path for path."""
+    def as_extracted(path: str) -> str:
+        return path.replace(f"{suffix}//", "/", 1)
+
+    packed, extracted = located(packed_url), located(extracted_url)
+    assert {as_extracted(p) for p in packed} == set(extracted)
+    for path, row in packed.items():
         twin = extracted[as_extracted(path)]
         for field in ("source", "album", "format", "width", "height", "taken_at", "taken_at_source",
                       "utc_offset_minutes", "latitude", "longitude", "camera_make", "camera_model",
@@ -67,10 +69,10 @@ def test_a_zipped_takeout_gives_the_rows_of_its_extracted_copy(settings, db, pg_
         assert meta == {k: v for k, v in twin["source_meta"].items() if k != "sidecar"}
         if "sidecar" in twin["source_meta"]:
             assert as_extracted(row["source_meta"]["sidecar"]) == twin["source_meta"]["sidecar"]
-    split = zipped[f"{PART2}.zip//Takeout/Google Photos/Photos from 2023/split.jpg"]
-    assert split["source_meta"]["sidecar"].startswith(f"{PART1}.zip//")   # its sidecar is in the other part
-    assert {as_extracted(p): r for p, r in failures(db.url).items()} == failures(other_db.url)
-    assert counts(db.url) == counts(other_db.url)
+    split = packed[f"{PART2}{suffix}//Takeout/Google Photos/Photos from 2023/split.jpg"]
+    assert split["source_meta"]["sidecar"].startswith(f"{PART1}{suffix}//")   # its sidecar is in the other part
+    assert {as_extracted(p): r for p, r in failures(packed_url).items()} == failures(extracted_url)
+    assert counts(packed_url) == counts(extracted_url)
 
 
 def test_the_same_photo_in_a_zip_and_on_disk_is_one_image(settings, db, tmp_path):

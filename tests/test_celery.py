@@ -29,6 +29,9 @@ def mixed_library(base):
     # A Takeout part also kept as its zip: read in place, its photos are new locations only.
     (base / "zipped").mkdir()
     L.zip_folder(base / "export" / "takeout-20240712T112341Z-002", base / "zipped" / "takeout-002.zip")
+    # And the other part as a .tgz, its sidecars first: one worker reads its batches in one chain.
+    L.tar_folder(base / "export" / "takeout-20240712T112341Z-001", base / "zipped" / "takeout-001.tgz",
+                 json_first=True)
     return base
 
 
@@ -83,7 +86,7 @@ def test_two_workers_with_different_mounts_index_once_like_local_mode(settings, 
     local_settings = settings.replace(database_url=local_url, roots={"photos": library})
     index_folder(local_settings, open_database(local_settings), library, out=None)
     local = snapshot(local_url)
-    assert distributed["totals"] == local["totals"] == (24, 29, 24, 24)
+    assert distributed["totals"] == local["totals"] == (24, 38, 24, 24)
     assert distributed["rows"].keys() == local["rows"].keys()
     for path, row in local["rows"].items():
         assert distributed["rows"][path] == row, path

@@ -86,12 +86,13 @@ class Original:
     mtime_ns: int
     data: bytes | None = None
     handle: BinaryIO | None = None
+    stat: Any = None     # the handle's stat (an archive member's has no file descriptor to fstat)
 
     def read(self, max_bytes: int) -> bytes:
         if self.data is not None:
             return self.data
         with self.handle:
-            return read_capped(self.handle, os.fstat(self.handle.fileno()), max_bytes)
+            return read_capped(self.handle, self.stat, max_bytes)
 
 
 def open_original(settings: Settings, conn: psycopg.Connection, image_id: int) -> Original:
@@ -132,7 +133,7 @@ def open_original(settings: Settings, conn: psycopg.Connection, image_id: int) -
             changed.append("its size, time or inode differ from when it was indexed")
             continue
         if size > VERIFY_HASH_MAX_BYTES:
-            return Original(name, fmt, size, mtime_ns, handle=handle)
+            return Original(name, fmt, size, mtime_ns, handle=handle, stat=st)
         with handle:
             data = read_capped(handle, st, VERIFY_HASH_MAX_BYTES)
         if hashlib.sha256(data).digest() != sha256:

@@ -167,6 +167,12 @@ def detect(components: tuple[str, ...]) -> str:
     return "folder"
 
 
+def side_files(task: FileTask) -> list[bytes]:
+    """The files besides the photo that describing it reads: its sidecar, its album's files."""
+    named = ([task.hints["sidecar"]] if "sidecar" in task.hints else []) + task.hints.get("album_files", [])
+    return [decode_path(value) for value in named]
+
+
 SIDECAR_MAX_BYTES = 4 << 20   # Takeout sidecars and album files are a few KiB
 
 

@@ -144,7 +144,9 @@ def _read_json(root_path: Path, relpath: bytes, cache: dict) -> tuple[Any, str |
     key = ("json", relpath)
     if key not in cache:
         try:
-            data = read_small_file(os.path.join(os.fsencode(root_path), relpath), root_path)
+            data = cache.get(("file", relpath))   # a tar part's JSON, kept when it was listed
+            if data is None:
+                data = read_small_file(os.path.join(os.fsencode(root_path), relpath), root_path)
             cache[key] = (json.loads(data), None)
         except FileRefused as exc:
             cache[key] = (None, f"sidecar not read: {exc}")
