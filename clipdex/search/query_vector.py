@@ -31,7 +31,9 @@ def text_vectors(conn: psycopg.Connection, model, model_id: int, texts: Sequence
     keys = [conn.execute("SELECT clipdex_query_key(%s)", (t,)).fetchone()[0] for t in texts]
     missing = sorted({k for k in keys if k not in cached})
     if missing:
-        fresh = model.encode_texts(missing)
+        # Rounded as the cache keeps them (halfvec): a query's first search and every later one,
+        # in psql too, then rank and cut with the very same vector.
+        fresh = np.asarray(model.encode_texts(missing), dtype=np.float16).astype(np.float32)
         for key, vector in zip(missing, fresh):
             cached[key] = vector
         try:
