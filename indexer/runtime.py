@@ -47,7 +47,7 @@ class Runtime:
         self.images_encoded = 0   # model work done by this process, for status and tests
         self.stream_reader = ThreadPoolExecutor(1, thread_name_prefix="clipdex-tar")   # tar members, in order
         self.stream_slots = threading.Semaphore(2 * threads + 2)   # tar members read, not yet prepared
-        self._texts: OrderedDict[tuple[str, bytes], dict[bytes, bytes]] = OrderedDict()
+        self._texts: OrderedDict[tuple, dict[bytes, bytes]] = OrderedDict()
 
     @property
     def model(self) -> ClipModel:
@@ -69,13 +69,13 @@ class Runtime:
 
     def archive_texts(self, root: str, part: bytes) -> dict[bytes, bytes]:
         """The small JSON members of a listed tar part (member name -> bytes); the last few parts
-        stay in memory, as a worker reads one part batch after batch."""
-        key = (root, part)
-        with self._lock:
-            if key in self._texts:
-                self._texts.move_to_end(key)
-                return self._texts[key]
+        stay in memory, as a worker reads one part batch after batch (until it is listed again)."""
         with self.pool.connection() as conn:
+            key = (root, part, store.archive_listed_at(conn, root, part))
+            with self._lock:
+                if key in self._texts:
+                    self._texts.move_to_end(key)
+                    return self._texts[key]
             packed = store.archive_texts(conn, root, part)
         texts = tarballs.unpack_texts(packed) if packed else {}
         with self._lock:

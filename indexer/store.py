@@ -406,6 +406,13 @@ def save_archive_listing(conn: psycopg.Connection, root: str, relpath: bytes, si
         (root, relpath, size, mtime_ns, inode, members, texts, storable(damage) if damage else None))
 
 
+def archive_listed_at(conn: psycopg.Connection, root: str, relpath: bytes):
+    """When a tar part was last listed (None: never): a worker's copy of its texts is that old."""
+    row = conn.execute("SELECT listed_at FROM archive_listings WHERE root = %s AND relpath_bytes = %s",
+                       (root, relpath)).fetchone()
+    return row[0] if row else None
+
+
 def archive_texts(conn: psycopg.Connection, root: str, relpath: bytes) -> bytes | None:
     """The packed small JSON members of a listed tar part (its sidecars and album files)."""
     row = conn.execute("SELECT texts FROM archive_listings WHERE root = %s AND relpath_bytes = %s",

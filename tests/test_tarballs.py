@@ -146,3 +146,31 @@ def test_the_batches_of_one_part_travel_as_one_chain():
     parts = {1: None, 2: b"a.tgz", 3: b"a.tgz", 4: b"a.tgz", 5: b"b.tgz", 6: None, 7: b"b.tgz"}
     assert chains([1, 2, 3, 4, 5, 6, 7], parts) == [[1], [2, 3, 4], [5], [6], [7]]
     assert chains([2, 4], parts) == [[2], [4]]        # a batch done between: each resumes alone
+
+
+def test_a_part_listed_again_gives_a_long_lived_worker_its_new_sidecars(settings, db, tmp_path):
+    """A watcher or a worker keeps a part's sidecars in memory across batches and runs: a new
+    copy of the part, listed again, must not be described with the old copy's sidecars."""
+    from indexer.in_process import index_folder
+    from indexer.runtime import Runtime
+
+    library = tmp_path / "lib"
+    trip = tmp_path / "src" / "Takeout" / "Google Photos" / "Trip"
+
+    def part(seed: int, taken: str) -> None:
+        L.write(trip / "IMG_1.jpg", L.jpeg(seed), L.MTIME)
+        L.write(trip / "IMG_1.jpg.json", L.sidecar("IMG_1.jpg", taken), L.MTIME)
+        L.tar_folder(tmp_path / "src", library / "takeout-001.tgz")
+
+    library.mkdir()
+    part(800, "2019-05-06T07:08:09")
+    runtime = Runtime(settings, db)
+    try:
+        index_folder(settings, db, library, out=None, runtime=runtime)
+        part(801, "2021-01-02T03:04:05")          # other bytes, another sidecar time
+        os.utime(library / "takeout-001.tgz", ns=(10**18, 10**18))
+        index_folder(settings, db, library, out=None, runtime=runtime)
+    finally:
+        runtime.close()
+    row = located(db.url)["takeout-001.tgz//Takeout/Google Photos/Trip/IMG_1.jpg"]
+    assert row["taken_at"].isoformat().startswith("2021-01-02T03:04:05")
