@@ -19,9 +19,11 @@ A member's "inode" is the offset of its data in the uncompressed stream.
 
 from __future__ import annotations
 
+import base64
 import bz2
 import gzip
 import io
+import json
 import lzma
 import os
 import struct
@@ -111,26 +113,47 @@ def list_tar(handle: BinaryIO) -> tuple[Listing, dict[bytes, bytes]]:
     return listing, texts
 
 
+def list_tar_file(path: bytes, inside) -> tuple[tuple[int, int, int], bytes, bytes, str | None] | None:
+    """For a pool of processes: the packed listing of the part at ``path`` and the part's (size,
+    time, inode); None when it cannot be listed (the scan lists it again and says why)."""
+    from clipdex.files import FileRefused, open_regular
+
+    try:
+        handle, st = open_regular(path, inside)
+        with handle:
+            listing, texts = list_tar(handle)
+    except (FileRefused, OSError):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino), pack_entries(listing), pack_texts(texts), listing.damage
+
+
 # --- The listing as the database keeps it ---------------------------------------------------------
 
 _ENTRY = struct.Struct("<IQQq")
 
 
 def pack_entries(listing: Listing) -> bytes:
+    """The listing's members and problems (a link, a name leading outside), as the database keeps
+    them: a run planned from a kept listing reports the same problems."""
     parts = []
     for entry in listing.entries.values():
         parts += (_ENTRY.pack(len(entry.name), entry.offset, entry.size, entry.mtime_ns), entry.name)
-    return zlib.compress(b"".join(parts), 1)
+    entries = b"".join(parts)
+    problems = json.dumps([[base64.b64encode(name).decode(), reason] for name, reason in listing.problems])
+    return zlib.compress(struct.pack("<Q", len(entries)) + entries + problems.encode(), 1)
 
 
 def unpack_entries(packed: bytes) -> Listing:
-    data, at, listing = zlib.decompress(packed), 0, Listing()
-    while at < len(data):
+    data, listing = zlib.decompress(packed), Listing()
+    end = 8 + struct.unpack_from("<Q", data)[0]
+    at = 8
+    while at < end:
         length, offset, size, mtime_ns = _ENTRY.unpack_from(data, at)
         at += _ENTRY.size
         name = data[at:at + length]
         at += length
         listing.entries[name] = Entry(name, offset, -1, size, size, 0, 0, mtime_ns)
+    listing.problems = [(base64.b64decode(name), reason) for name, reason in json.loads(data[end:])]
     return listing
 
 

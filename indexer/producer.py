@@ -10,10 +10,13 @@ batches in-process. Nothing here opens a photo, so a million-file library is pla
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections import defaultdict
-from itertools import groupby
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import groupby, repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +128,39 @@ def tar_lister(database: Database, root: str, listed: list[bytes]) -> TarLister:
     return list_tar
 
 
+def list_new_parts(database: Database, root: str, root_path: bytes, folders: list[ScannedFolder],
+                   inside) -> None:
+    """Lists the tar parts whose listing the database lacks (or holds for another version) on
+    one process per core, before the scan takes them in order: a first run over a 47-part .tgz
+    Takeout inflates its parts side by side, not one after the other. (Threads do not help:
+    ``gzip`` takes the GIL back every 8 KiB.)"""
+    parts = {folder.file_relpath(f.name): (f.size, f.mtime_ns, f.inode)
+             for folder in folders for f in folder.files if archives.is_tar(f.name)}
+    if len(parts) < 2:
+        return
+    with database.connect(autocommit=True) as conn:
+        known = store.archive_identities(conn, root, list(parts))
+    new = [relpath for relpath, identity in parts.items() if known.get(relpath) != identity]
+    if len(new) < 2:
+        return   # one part: the scan lists it in this process
+    started = time.perf_counter()
+    paths = [os.path.join(root_path, relpath) for relpath in new]
+    # Spawned, not forked: a forked child inherits the parent's connections (kombu's after-fork
+    # hook then blocked on the Celery broker's socket). A spawned one imports the caller's main
+    # module again, which must keep its work under `if __name__ == "__main__"` (clipdex's
+    # commands, Celery and pytest do); when the pool breaks, the scan lists the parts here.
+    try:
+        with ProcessPoolExecutor(min(len(new), os.cpu_count() or 1),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            for relpath, found in zip(new, pool.map(tarballs.list_tar_file, paths, repeat(inside))):
+                if found is not None:
+                    with database.connect(autocommit=True) as conn:
+                        store.save_archive_listing(conn, root, relpath, *found[0], *found[1:])
+    except (BrokenProcessPool, OSError) as exc:   # no processes to be had: the scan lists them here
+        log.warning("cannot list archive parts in other processes (%s); listing them one by one", exc)
+    log.info("listed %d archive parts in %.1f s", len(new), time.perf_counter() - started)
+
+
 def in_batches(tasks: list[FileTask], size: int) -> list[list[FileTask]]:
     """Batches of ``size`` files; the members of a tar part go last, in the order they lie in it,
     in batches of their own, so a worker reads the part forward, once (clipdex/tarballs.py)."""
@@ -177,6 +213,7 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
             else:
                 folders.append(item)
     listed_tars: list[bytes] = []
+    list_new_parts(database, placement.root, os.fsencode(placement.root_path), folders, inside)
     folders, unlisted = list_archives(os.fsencode(placement.root_path), folders, inside,
                                       tar_lister(database, placement.root, listed_tars))
     problems.extend((item.relpath, item.reason) for item in unlisted)
@@ -237,11 +274,12 @@ def plan_run(settings: Settings, database: Database, path: Path, *, source: str 
         store.release_abandoned_images(conn, placement.root)
         store.forget_archive_listings(conn, placement.root, scanned, listed_tars)
         if forget and gone:
-            # A file gone from one place whose size, time and inode the scan met at another was
-            # moved: its image waits for the run to reach it there (no model work) instead of
+            # A file gone from one place whose size and time the scan met at another was moved
+            # (its inode too within a disk; not across disks, where `mv` copies the file and keeps
+            # its time): its image waits for the run to reach it there (no model work) instead of
             # leaving with its last location; the run's end lets go of what no file claimed.
-            moved = {(t.size, t.mtime_ns, t.inode) for tasks in per_source.values() for t in tasks if t.inode}
-            stored = {**{k: v[:3] for k, v in without_vector.items()}, **indexed}
+            moved = {(t.size, t.mtime_ns) for tasks in per_source.values() for t in tasks}
+            stored = {**{k: v[:2] for k, v in without_vector.items()}, **{k: v[:2] for k, v in indexed.items()}}
             held = [relpath for relpath, _ in gone if stored.get(relpath) in moved]
             store.forget_files(conn, placement.root, [relpath for relpath, _ in gone if stored.get(relpath)
                                                       not in moved])

@@ -396,6 +396,13 @@ def archive_listing(conn: psycopg.Connection, root: str, relpath: bytes, size: i
     return (bytes(row[0]), row[1]) if row else None
 
 
+def archive_identities(conn: psycopg.Connection, root: str, relpaths: list[bytes]) -> dict[bytes, tuple[int, int, int]]:
+    """(size, mtime, inode) of each of these tar parts as it was last listed."""
+    rows = conn.execute("SELECT relpath_bytes, size, mtime_ns, inode FROM archive_listings "
+                        "WHERE root = %s AND relpath_bytes = ANY(%s)", (root, relpaths))
+    return {bytes(r[0]): (r[1], r[2], r[3]) for r in rows}
+
+
 def save_archive_listing(conn: psycopg.Connection, root: str, relpath: bytes, size: int, mtime_ns: int,
                          inode: int, members: bytes, texts: bytes, damage: str | None) -> None:
     conn.execute(

@@ -105,6 +105,9 @@ def test_damaged_tar_parts_fail_member_by_member_and_the_run_goes_on(settings, d
     index(settings, db, library)
     rows = located(db.url)
     assert set(rows) == {"mixed.tar//ok.jpg", "gbk.tar.gz//" + gbk.decode("gb18030")}
+    listing = tarballs.list_tar(open(library / "mixed.tar", "rb"))[0]
+    kept = tarballs.unpack_entries(tarballs.pack_entries(listing))   # as the database keeps it
+    assert (kept.entries, kept.problems) == (listing.entries, listing.problems) and len(kept.problems) == 3
     assert bytes(rows["gbk.tar.gz//" + gbk.decode("gb18030")]["relpath_bytes"]) == b"gbk.tar.gz//" + gbk
     failed = failures(db.url)
     assert failed["mixed.tar//../escape.jpg"] == ("read", "member path leads out of the archive (..); not read")
@@ -174,3 +177,26 @@ def test_a_part_listed_again_gives_a_long_lived_worker_its_new_sidecars(settings
         runtime.close()
     row = located(db.url)["takeout-001.tgz//Takeout/Google Photos/Trip/IMG_1.jpg"]
     assert row["taken_at"].isoformat().startswith("2021-01-02T03:04:05")
+
+
+def test_parts_are_listed_side_by_side_or_here_when_no_process_can_start(settings, db, tmp_path, monkeypatch):
+    import indexer.producer
+
+    library = tmp_path / "lib"
+    for n in range(3):
+        L.write(tmp_path / f"src{n}" / f"IMG_{n}.jpg", L.jpeg(900 + n), L.MTIME)
+        library.mkdir(exist_ok=True)
+        L.tar_folder(tmp_path / f"src{n}", library / f"takeout-00{n}.tgz")
+    index(settings, db, library)                      # three new parts: listed in child processes
+    assert len(listed_at(db.url)) == 3 and len(located(db.url)) == 3
+
+    def no_processes(*args, **kwargs):
+        raise OSError("out of processes")
+
+    monkeypatch.setattr(indexer.producer, "ProcessPoolExecutor", no_processes)
+    for n in range(3):                                # new copies: listed again, here
+        os.utime(library / f"takeout-00{n}.tgz", ns=(10**18 + n, 10**18 + n))
+    before = listed_at(db.url)
+    index(settings, db, library)
+    after = listed_at(db.url)
+    assert all(after[p] > before[p] for p in before) and len(located(db.url)) == 3
