@@ -273,8 +273,21 @@ def test_a_moved_photo_keeps_its_image_and_costs_no_model_work(settings, db, tmp
                             (moved.plan.run_id,)).fetchone()[0] is None     # let go when the run ended
     assert counts(db.url)["images"] == 2 and counts(db.url)["embeddings"] == 2
 
-    # A file that looked moved (same size, time and inode elsewhere) but holds other bytes: the
-    # held image leaves when the run ends.
+    # Moved to another disk: `mv` copies the file there (another inode) and keeps its time.
+    (root / "inbox" / "p3.jpg").write_bytes(L.jpeg(703))
+    index(settings, db, root)
+    other_disk = root / "archive-disk"
+    other_disk.mkdir()
+    shutil.copy2(root / "inbox" / "p3.jpg", other_disk / "p3.jpg")
+    kept_id = located(db.url)["inbox/p3.jpg"]["id"]
+    (root / "inbox" / "p3.jpg").unlink()
+    across = index(settings, db, root)
+    assert across.images_encoded == 0 and located(db.url)["archive-disk/p3.jpg"]["id"] == kept_id
+    shutil.rmtree(other_disk)
+    index(settings, db, root)
+
+    # A file that looked moved (same size and time elsewhere) but holds other bytes: the held
+    # image leaves when the run ends.
     os.rename(root / "inbox" / "p2.jpg", root / "2024" / "p2.jpg")
     with open(root / "2024" / "p2.jpg", "r+b") as handle:
         stat = os.fstat(handle.fileno())
