@@ -138,26 +138,139 @@ def _dos_time_ns(date_time: tuple) -> int:
         return 0
 
 
+def _admitted(listing: Listing, name: bytes) -> bool:
+    """Whether a listed name is a member to index: folders are left out, and a name leading
+    outside the archive becomes a problem of the listing."""
+    if name.endswith(b"/"):
+        return False
+    problem = name_problem(name)
+    if problem is not None:
+        listing.problems.append((name, problem))
+    return problem is None
+
+
 def list_zip(handle: BinaryIO) -> Listing:
-    """The members of an open zip file, from its central directory alone. Folders are left out;
-    a name that would lead outside the archive is a problem, not an entry. Raises ArchiveRefused
-    when there is no readable central directory (a truncated part, not a zip)."""
+    """The members of an open zip file, from its central directory. Folders are left out; a name
+    that would lead outside the archive is a problem, not an entry. Without a readable central
+    directory (a part cut short) the whole members before the damage are found by their own
+    headers (``Listing.damage`` says so); raises ArchiveRefused when there are none (not a zip)."""
     try:
         archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        raise ArchiveRefused(f"not a readable zip archive (truncated or damaged?): {exc}") from None
+        recovered = _walk_local_headers(handle)
+        if not recovered.entries:
+            raise ArchiveRefused(f"not a readable zip archive (truncated or damaged?): {exc}") from None
+        recovered.damage = (f"no central directory (a part cut short?): {len(recovered.entries)} whole members "
+                            "found by their own headers were read, the rest of the part is lost")
+        return recovered
     listing = Listing()
     with archive:
         for info in archive.infolist():
             name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
-            if name.endswith(b"/"):
-                continue
-            problem = name_problem(name)
-            if problem is not None:
-                listing.problems.append((name, problem))
-                continue
-            listing.entries[name] = Entry(name, info.header_offset, info.compress_type, info.compress_size,
-                                          info.file_size, info.CRC, info.flag_bits, _dos_time_ns(info.date_time))
+            if _admitted(listing, name):
+                listing.entries[name] = Entry(name, info.header_offset, info.compress_type, info.compress_size,
+                                              info.file_size, info.CRC, info.flag_bits, _dos_time_ns(info.date_time))
+    return listing
+
+
+def _zip64_sizes(extra: bytes, size: int, compressed: int) -> tuple[int, int, bool]:
+    """(size, compressed, zip64) with the zip64 extra field's values where the header says 0xFFFFFFFF."""
+    at = 0
+    while at + 4 <= len(extra):
+        kind, length = struct.unpack_from("<HH", extra, at)
+        if kind == 0x0001:
+            values = list(struct.unpack_from(f"<{length // 8}Q", extra, at + 4))
+            if size == 0xFFFFFFFF and values:
+                size = values.pop(0)
+            if compressed == 0xFFFFFFFF and values:
+                compressed = values.pop(0)
+            return size, compressed, True
+        at += 4 + length
+    return size, compressed, False
+
+
+def _inflated_length(handle: BinaryIO, start: int) -> int | None:
+    """How many compressed bytes the Deflate stream at ``start`` takes (None: it is cut short)."""
+    handle.seek(start)
+    inflate, used = zlib.decompressobj(-15), 0
+    while not inflate.eof:
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            return None
+        try:
+            inflate.decompress(chunk, 1)   # output is not kept: only where the stream ends matters
+            while inflate.unconsumed_tail and not inflate.eof:
+                inflate.decompress(inflate.unconsumed_tail, _CHUNK)
+        except zlib.error:
+            return None
+        used += len(chunk) - len(inflate.unused_data)
+    return used
+
+
+def _stored_length(handle: BinaryIO, start: int, zip64: bool) -> int | None:
+    """The length of a stored member whose sizes follow its data: up to the first data
+    descriptor whose size says so (None: none does before the end)."""
+    handle.seek(start)
+    data, offset = b"", start
+    while True:
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            return None
+        data = data[-23:] + chunk
+        base = offset - (len(data) - len(chunk))
+        at = data.find(b"PK\x07\x08")
+        while at != -1:
+            fields = data[at + 4:at + (24 if zip64 else 16)]
+            if len(fields) == (20 if zip64 else 12):
+                _crc, compressed, _size = struct.unpack("<IQQ" if zip64 else "<III", fields)
+                if compressed == base + at - start:
+                    return compressed
+            at = data.find(b"PK\x07\x08", at + 1)
+        offset += len(chunk)
+
+
+def _walk_local_headers(handle: BinaryIO) -> Listing:
+    """The whole members of a zip that lost its central directory (a download cut short), found
+    from the start by their local headers. A member whose sizes follow its data (a data
+    descriptor, as streaming writers make) is inflated to find its end, or, when stored, ends at
+    the descriptor that gives its size; the walk stops at the first member the cut runs through,
+    or at anything that is not a local header."""
+    listing = Listing()
+    end = handle.seek(0, os.SEEK_END)
+    at = 0
+    while at + 30 <= end:
+        header_at = at
+        handle.seek(at)
+        header = handle.read(30)
+        if header[:4] != _LOCAL_HEADER:
+            break
+        flags, method, dos_time, dos_date, crc, compressed, size, name_length, extra_length = struct.unpack(
+            "<2xHHHHIIIHH", header[4:30])
+        name, extra = handle.read(name_length), handle.read(extra_length)
+        data_at = at + 30 + name_length + extra_length
+        size, compressed, zip64 = _zip64_sizes(extra, size, compressed)
+        after = 0
+        if flags & 0x8:
+            compressed = (_inflated_length(handle, data_at) if method == _DEFLATED
+                          else _stored_length(handle, data_at, zip64) if method == _STORED else None)
+            if compressed is None:
+                break
+            handle.seek(data_at + compressed)
+            descriptor = handle.read(24 if zip64 else 16)
+            fields = descriptor[4:] if descriptor[:4] == b"PK\x07\x08" else descriptor
+            layout = "<IQQ" if zip64 else "<III"
+            if len(fields) < struct.calcsize(layout):
+                break
+            crc, _compressed, size = struct.unpack_from(layout, fields)
+            after = (4 if descriptor[:4] == b"PK\x07\x08" else 0) + struct.calcsize(layout)
+        if data_at + compressed + after > end:
+            break
+        at = data_at + compressed + after
+        if not _admitted(listing, name):
+            continue
+        date_time = (1980 + (dos_date >> 9), (dos_date >> 5) & 0xF, dos_date & 0x1F,
+                     dos_time >> 11, (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2)
+        listing.entries[name] = Entry(name, header_at, method, compressed, size, crc, flags, _dos_time_ns(date_time))
     return listing
 
 

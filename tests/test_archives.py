@@ -5,6 +5,7 @@ for every kind of damaged archive, while the run goes on."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import struct
 import zipfile
@@ -123,8 +124,57 @@ def test_one_archive_named_on_its_own_and_gone_members_forgotten(settings, db, t
     archive.write_bytes(archive.read_bytes()[:-60])             # cut short: its members are not forgotten
     result = index(settings, db, archive)
     assert set(located(db.url)) == {"part.zip//p0.jpg", "part.zip//p1.jpg"}
-    assert failures(db.url)["part.zip"][1].startswith("not a readable zip archive")
-    assert result.plan.problems == 1
+    assert failures(db.url)["part.zip"][1].startswith("no central directory (a part cut short?): 2 whole members")
+    assert result.plan.problems == 1 and result.plan.files == 0
+
+
+class _Unseekable(io.RawIOBase):
+    """Where a streaming writer (Google's, or a web server's) puts a zip: sizes after each member."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+def test_a_part_cut_short_gives_the_members_before_the_cut(settings, db, tmp_path):
+    photos = {f"Takeout/Google Photos/Trip/IMG_{n}.jpg": L.jpeg(950 + n) for n in range(6)}
+    stream = _Unseekable()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for n, (name, data) in enumerate(photos.items()):   # stored and deflated, as writers mix them
+            info = zipfile.ZipInfo(name, (2024, 7, 1, 12, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED if n % 2 else zipfile.ZIP_STORED
+            with archive.open(info, "w") as member:
+                member.write(data)
+    whole = bytes(stream.data)
+    members = zipfile.ZipFile(io.BytesIO(whole)).infolist()
+    assert all(info.flag_bits & 0x8 for info in members)       # every size after its data
+    library = tmp_path / "downloads"
+    library.mkdir()
+    part = library / "takeout-001.zip"
+    part.write_bytes(whole)
+    index(settings, db, library)
+    assert len(located(db.url)) == 6
+
+    cut_at = members[4].header_offset + 100                     # inside the fifth photo
+    part.write_bytes(whole[:cut_at])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "takeout-002.zip").write_bytes(whole[:cut_at])
+    index(settings, db, library)
+    index(settings, db, fresh)
+    rows = located(db.url)
+    assert {p for p in rows if p.startswith("takeout-002.zip//")} == {f"takeout-002.zip//{n}" for n in list(photos)[:4]}
+    for name in list(photos)[:4]:                                  # the same bytes as the whole part's
+        assert rows[f"takeout-002.zip//{name}"]["id"] == rows[f"takeout-001.zip//{name}"]["id"]
+    assert len([p for p in rows if p.startswith("takeout-001.zip//")]) == 6   # nothing past the cut forgotten
+    for part_name in ("takeout-001.zip", "takeout-002.zip"):
+        assert failures(db.url)[part_name][1].startswith("no central directory (a part cut short?): 4 whole members")
 
 
 def _patch(data: bytearray, member: bytes, *, flags: int | None = None, method: int | None = None) -> None:
