@@ -217,8 +217,8 @@ def test_a_task_that_fails_for_good_marks_its_batch_and_the_run_finishes(setting
 
 def test_one_worker_process_per_gpu_under_one_supervisor(settings, redis_url, tmp_path):
     """`clipdex worker --gpus 0,1`: two real worker processes, each with its own node name and only
-    its GPU visible (this machine has none: they run on the CPU), sharing the run's batches;
-    SIGTERM to the parent stops both."""
+    its GPU visible (this machine has none: they run on the CPU), sharing the run's batches; one
+    killed is started again; SIGTERM to the parent stops both."""
     from indexer.gpus import chosen_gpus, per_gpu_args
 
     assert per_gpu_args(("--hostname", "worker@%h"), "1") == ["--hostname", "worker-gpu1@%h"]
@@ -241,6 +241,10 @@ def test_one_worker_process_per_gpu_under_one_supervisor(settings, redis_url, tm
         env=producer.child_environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(producer, ["w-gpu0", "w-gpu1"])
+        os.killpg(worker_on_gpu(parent.pid, "1"), signal.SIGKILL)      # the supervisor starts it again
+        wait_for(lambda: "the worker on GPU 1 exited" in (tmp_path / "supervisor.log").read_text(), 30,
+                 "the supervisor to see its worker die")
+        wait_ready(producer, ["w-gpu0", "w-gpu1"])
         enqueue(producer, db, plan.run_id, plan.batches)
         wait_for(run_finished(db.url, plan.run_id), 180, "the run to finish")
         with psycopg.connect(db.url) as conn:
@@ -254,6 +258,21 @@ def test_one_worker_process_per_gpu_under_one_supervisor(settings, redis_url, tm
     assert "GPU 0:" in (tmp_path / "supervisor.log").read_text()
     answered = {n.split("@")[0] for reply in make_celery(producer).control.ping(timeout=1.0) or [] for n in reply}
     assert not answered & {"w-gpu0", "w-gpu1"}          # both children stopped with their parent
+
+
+def worker_on_gpu(supervisor: int, gpu: str) -> int:
+    """The pid of the supervisor's child that sees only this GPU."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if parent == supervisor and f"CUDA_VISIBLE_DEVICES={gpu}".encode() in environ:
+            return int(entry)
+    raise AssertionError(f"no worker on GPU {gpu} under process {supervisor}")
 
 
 def counts_of(url: str) -> dict[str, int]:
