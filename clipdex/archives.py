@@ -34,6 +34,7 @@ ARCHIVE_EXTENSIONS = (b".zip", b".tgz", b".tar.gz", b".tar")
 TAR_EXTENSIONS = (b".tgz", b".tar.gz", b".tar")
 _LOCAL_HEADER = b"PK\x03\x04"
 _STORED, _DEFLATED = 0, 8
+TAR_MEMBER = -1        # an Entry's method for a tar member (no compression of its own, no CRC-32)
 _METHOD_NAMES = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES"}
 _CHUNK = 1 << 20
 _LISTINGS_KEPT = 4     # archives whose member lists a process keeps (a worker reads one part at a time)
@@ -59,7 +60,7 @@ class Entry:
     @property
     def inode(self) -> int:
         """What stands for a file's inode: a zip member's CRC-32, a tar member's offset."""
-        return self.crc if self.method >= 0 else self.offset
+        return self.offset if self.method == TAR_MEMBER else self.crc
 
 
 @dataclass(slots=True)
@@ -119,7 +120,7 @@ def split_shown(path: str) -> tuple[str, str] | None:
     return (archive, member) if sep and member else None
 
 
-def name_problem(name: bytes) -> str | None:
+def _name_problem(name: bytes) -> str | None:
     if name.startswith(b"/") or (len(name) > 1 and name[1:2] == b":"):
         return "member path is absolute; not read"
     parts = name.split(b"/")
@@ -138,12 +139,12 @@ def _dos_time_ns(date_time: tuple) -> int:
         return 0
 
 
-def _admitted(listing: Listing, name: bytes) -> bool:
+def admitted(listing: Listing, name: bytes) -> bool:
     """Whether a listed name is a member to index: folders are left out, and a name leading
     outside the archive becomes a problem of the listing."""
     if name.endswith(b"/"):
         return False
-    problem = name_problem(name)
+    problem = _name_problem(name)
     if problem is not None:
         listing.problems.append((name, problem))
     return problem is None
@@ -167,7 +168,7 @@ def list_zip(handle: BinaryIO) -> Listing:
     with archive:
         for info in archive.infolist():
             name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
-            if _admitted(listing, name):
+            if admitted(listing, name):
                 listing.entries[name] = Entry(name, info.header_offset, info.compress_type, info.compress_size,
                                               info.file_size, info.CRC, info.flag_bits, _dos_time_ns(info.date_time))
     return listing
@@ -266,7 +267,7 @@ def _walk_local_headers(handle: BinaryIO) -> Listing:
         if data_at + compressed + after > end:
             break
         at = data_at + compressed + after
-        if not _admitted(listing, name):
+        if not admitted(listing, name):
             continue
         date_time = (1980 + (dos_date >> 9), (dos_date >> 5) & 0xF, dos_date & 0x1F,
                      dos_time >> 11, (dos_time >> 5) & 0x3F, (dos_time & 0x1F) * 2)

@@ -33,7 +33,7 @@ import zlib
 from collections import OrderedDict
 from typing import BinaryIO
 
-from clipdex.archives import ArchiveRefused, Entry, Listing, MemberStat, name_problem
+from clipdex.archives import TAR_MEMBER, ArchiveRefused, Entry, Listing, MemberStat, admitted
 
 TEXT_SUFFIX = b".json"
 TEXT_MAX_BYTES = 256 << 10      # sidecars and album files are a few KiB
@@ -70,6 +70,11 @@ def _name(info: tarfile.TarInfo) -> bytes:
     return info.name.encode("utf-8", "surrogateescape")
 
 
+def _entry(name: bytes, offset: int, size: int, mtime_ns: int) -> Entry:
+    """A tar member: its data at ``offset`` of the uncompressed stream, stored as it is."""
+    return Entry(name, offset, TAR_MEMBER, size, size, 0, 0, mtime_ns)
+
+
 def _next(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
     info = tar.next()
     tar.members = []      # tarfile keeps every member it met: 200,000 of them in a big part
@@ -95,14 +100,12 @@ def list_tar(handle: BinaryIO) -> tuple[Listing, dict[bytes, bytes]]:
                     listing.problems.append((_name(info), "a link inside the archive; not followed"))
                 continue
             name = _name(info)
-            problem = name_problem(name)
-            if problem is not None:
-                listing.problems.append((name, problem))
+            if not admitted(listing, name):
                 continue
             if name.lower().endswith(TEXT_SUFFIX) and info.size <= TEXT_MAX_BYTES:
                 member = tar.extractfile(info)
                 texts[name] = member.read() if member is not None else b""
-            pending = Entry(name, info.offset_data, -1, info.size, info.size, 0, 0, int(info.mtime) * 1_000_000_000)
+            pending = _entry(name, info.offset_data, info.size, int(info.mtime) * 1_000_000_000)
         if pending is not None:
             listing.entries[pending.name] = pending
     except _READ_ERRORS as exc:
@@ -152,7 +155,7 @@ def unpack_entries(packed: bytes) -> Listing:
         at += _ENTRY.size
         name = data[at:at + length]
         at += length
-        listing.entries[name] = Entry(name, offset, -1, size, size, 0, 0, mtime_ns)
+        listing.entries[name] = _entry(name, offset, size, mtime_ns)
     listing.problems = [(base64.b64decode(name), reason) for name, reason in json.loads(data[end:])]
     return listing
 

@@ -164,12 +164,12 @@ def list_new_parts(database: Database, root: str, root_path: bytes, folders: lis
 def in_batches(tasks: list[FileTask], size: int) -> list[list[FileTask]]:
     """Batches of ``size`` files; the members of a tar part go last, in the order they lie in it,
     in batches of their own, so a worker reads the part forward, once (clipdex/tarballs.py)."""
-    loose = [t for t in tasks if archives.tar_of(t.relpath) is None]
-    streamed = sorted((t for t in tasks if archives.tar_of(t.relpath) is not None),
-                      key=lambda t: (archives.tar_of(t.relpath), t.inode))
+    parts = [(archives.tar_of(t.relpath), t) for t in tasks]
+    loose = [t for part, t in parts if part is None]
+    streamed = sorted(((part, t) for part, t in parts if part is not None), key=lambda p: (p[0], p[1].inode))
     batches = [loose[start:start + size] for start in range(0, len(loose), size)]
-    for _part, members in groupby(streamed, key=lambda t: archives.tar_of(t.relpath)):
-        members = list(members)
+    for _part, group in groupby(streamed, key=lambda p: p[0]):
+        members = [t for _, t in group]
         batches += [members[start:start + size] for start in range(0, len(members), size)]
     return batches
 
