@@ -9,16 +9,20 @@ weights and inputs on CUDA, fp32 on CPU.
 
 1. Model only: the image tower on preprocessed batches already on the device, a batch-size
    sweep (images/s after warm-up, peak device memory).
-2. Decode: clipdex's CPU decode + preprocess on every core (a process pool, as workers would)
-   against torchvision's nvJPEG decode on the GPU (``decode_jpeg(device="cuda")`` on batches of
-   file bytes, then resize and normalize on the GPU), on the bench corpus's 12 MP camera JPEGs and
-   its chat JPEGs. On CPU only the first runs (the second is reported as not run).
+2. Decode: clipdex's device path (indexer/device_decode.py: torchvision's ``decode_jpeg`` on
+   batches of file bytes, nvJPEG on CUDA, then reduce, preview and the model's preprocessing on
+   the device) against clipdex's CPU decode + preprocess on every core (a process pool, as
+   workers would), on the bench corpus's 12 MP camera JPEGs and its chat JPEGs; and how far the
+   two paths' vectors are apart (cosine, the first model).
 3. End to end: ``clipdex index`` in this process (read, hash, decode, thumbnail, model, rows in
    the embedded PostgreSQL) over --photos camera JPEGs and --photos chat/screenshot files, per
-   model; GPU utilisation sampled by nvidia-smi while it runs, where there is one.
+   model, with the device decode on and off (``CLIPDEX_GPU_DECODE``); then the first model at
+   the best batch size of the sweep. GPU utilisation sampled by nvidia-smi while it runs, where
+   there is one.
 
 Baselines, measured in the same run: the model-only rate at batch 1 (what a loop over single
-photos would get), and the CPU decode for the GPU decode.
+photos would get), the CPU decode for the device decode, and the end-to-end run with Pillow
+decoding for the one with the device decoding.
 """
 
 from __future__ import annotations
@@ -91,31 +95,51 @@ def cpu_decode_rate(paths: list[Path]) -> float:
         return len(paths) / (time.perf_counter() - start)
 
 
-def gpu_decode_rate(paths: list[Path], batch: int = 64) -> float | None:
-    """nvJPEG through torchvision on batches of file bytes, resized to 224 and normalized on the
-    GPU; None without CUDA."""
+def device_decode_rate(model_name: str, paths: list[Path], batch: int = 64) -> float:
+    """clipdex's own device path (indexer/device_decode.py): batched ``decode_jpeg`` on the model's
+    device (nvJPEG on CUDA), reduce, orient, preview pixels and the model's preprocessing there."""
     import torch
-    import torchvision
-    from torchvision.transforms.v2 import functional as F
 
-    if device() != "cuda":
-        return None
-    blobs = [torchvision.io.read_file(str(p)) for p in paths]
-    mean = torch.tensor([0.481, 0.458, 0.408], device="cuda").view(3, 1, 1)
-    std = torch.tensor([0.269, 0.261, 0.276], device="cuda").view(3, 1, 1)
+    from clipdex.model import load_model
+    from indexer.device_decode import DeviceDecoder, DeviceJpeg
+
+    decoder = DeviceDecoder.for_model(load_model(Settings(model=model_name, pretrained="none", device=device())))
+    jpegs = [DeviceJpeg.of(p.read_bytes(), None, True) for p in paths]
 
     def run() -> None:
-        for start in range(0, len(blobs), batch):
-            images = torchvision.io.decode_jpeg(blobs[start:start + batch], device="cuda")
-            for image in images:
-                small = F.resize(image, [224], antialias=True)
-                ((F.center_crop(small, [224, 224]).half() / 255 - mean) / std)
-        torch.cuda.synchronize()
+        for start in range(0, len(jpegs), batch):
+            decoder.decode(jpegs[start:start + batch])
+        if device() == "cuda":
+            torch.cuda.synchronize()
 
     run()
     start = time.perf_counter()
     run()
     return len(paths) / (time.perf_counter() - start)
+
+
+def agreement(model_name: str, paths: list[Path]) -> tuple[float, float]:
+    """(lowest, mean) cosine between each photo's vector through the device path and through
+    Pillow's, with this real-size model (random weights)."""
+    import numpy as np
+    import torch
+
+    from clipdex.imaging import jpeg_header
+    from clipdex.model import load_model
+    from indexer.device_decode import DeviceDecoder, DeviceJpeg
+    from indexer.prepare import decode_for_model
+
+    model = load_model(Settings(model=model_name, pretrained="none", device=device()))
+    decoder = DeviceDecoder.for_model(model)
+    cosines = []
+    for path in paths:
+        data = path.read_bytes()
+        header = jpeg_header(data, max_pixels=250_000_000)
+        on_device = decoder.decode([DeviceJpeg.of(data, header.orientation, False)])[0].pixels
+        by_pillow = decode_for_model(data, model, 250_000_000, with_thumbnail=False)[2]
+        a, b = model.encode_images(torch.stack([on_device.cpu().float(), by_pillow]))
+        cosines.append(float(np.dot(a, b)))
+    return min(cosines), sum(cosines) / len(cosines)
 
 
 class GpuSampler:
@@ -147,13 +171,15 @@ class GpuSampler:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def end_to_end(model_name: str, folder: Path, home: Path, name: str) -> tuple[float, int, float | None]:
+def end_to_end(model_name: str, folder: Path, home: Path, name: str, gpu_decode: str,
+               batch_size: int = 64) -> tuple[float, int, float | None]:
     """(images/s, images, mean GPU utilisation) of `clipdex index` over ``folder``."""
     from clipdex.database import open_database
     from indexer.in_process import index_folder
 
     settings = Settings(home=home, database_url=fresh_database(embedded_postgres.server_url(home), name),
-                        model=model_name, pretrained="none", device=device(), ocr=False)
+                        model=model_name, pretrained="none", device=device(), ocr=False,
+                        gpu_decode=gpu_decode, batch_size=batch_size)
     db = open_database(settings)
     with GpuSampler() as sampler:
         start = time.perf_counter()
@@ -199,23 +225,37 @@ def main(argv: list[str] | None = None) -> Report:
 
         report = Report(f"GPU path on {device()}: model only, decode, end to end", "batch 1 / CPU decode")
         report.facts.update({"device": device(), "models": args.models + " (random weights, pretrained=none)"})
+        sweeps = {}
         for model_name in args.models.split(","):
-            rates = model_only(model_name, sweep, args.seconds)
+            rates = sweeps[model_name] = model_only(model_name, sweep, args.seconds)
             best = max(rates, key=rates.get)
             for batch, rate in rates.items():
                 if batch != 1:
                     report.add(f"{model_name} model only, batch {batch}, images/s", rate, rates.get(1), "img/s",
                                note="best" if batch == best else "")
+        first = args.models.split(",")[0]
         for label, paths in (("12 MP camera JPEG", camera_files), ("chat JPEG", chat_jpegs)):
-            gpu = gpu_decode_rate(paths)
-            report.add(f"decode + resize, {label}, images/s", gpu if gpu is not None else "not run (no CUDA)",
-                       cpu_decode_rate(paths), "img/s" if gpu is not None else "",
+            report.add(f"decode + resize on the {device()}, {label}, images/s", device_decode_rate(first, paths),
+                       cpu_decode_rate(paths), "img/s",
                        note=f"{len(paths)} files; baseline: clipdex's CPU decode on {os.cpu_count()} cores")
+            low, mean = agreement(first, paths[:8] if args.smoke else paths[:40])
+            report.add(f"{first} vectors, device decode against Pillow's, {label}, lowest cosine", low, None, "",
+                       note=f"mean {mean:.4f}")
         for model_name in args.models.split(","):
             for label, folder in (("12 MP camera JPEGs", camera_lib), ("chat and screenshots", chat_lib)):
-                rate, images, busy = end_to_end(model_name, folder, home, f"e2e_{len(report.rows)}")
-                report.add(f"{model_name} end to end, {label}, images/s", rate, None, "img/s",
-                           note=f"{images} images; GPU busy {busy:.0f} %" if busy is not None else f"{images} images")
+                rates = {}
+                for mode in ("on", "off"):
+                    rates[mode], images, busy = end_to_end(model_name, folder, home, f"e2e_{len(report.rows)}_{mode}", mode)
+                    rates[mode, "note"] = f"{images} images" + (f"; GPU busy {busy:.0f} %" if busy is not None else "")
+                report.add(f"{model_name} end to end, {label}, images/s", rates["on"], rates["off"], "img/s",
+                           note=f"device decode / Pillow decode; {rates['on', 'note']} / {rates['off', 'note']}")
+        # The sweep's best batch, up to 512: a group's JPEG bytes wait in memory until the device
+        # decodes them (2 × batch + threads files in flight).
+        best = max((b for b in sweeps[first] if b <= 512), key=sweeps[first].get)
+        if best != 64:
+            rate, images, busy = end_to_end(first, camera_lib, home, "e2e_best_batch", "on", batch_size=best)
+            report.add(f"{first} end to end, 12 MP camera JPEGs, batch {best}, images/s", rate, None, "img/s",
+                       note=f"{images} images" + (f"; GPU busy {busy:.0f} %" if busy is not None else ""))
         report.emit(args.json)
         return report
     finally:

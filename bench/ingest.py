@@ -1,7 +1,8 @@
 """Ingest end to end: files -> rows in PostgreSQL, in local mode and with N Celery workers.
 
 Figures: images/s, seconds per stage (read, hash, lookup, decode, thumbnail, preprocess on the
-decode threads; model and write on the main thread), peak RSS. Baseline: the naive pipeline a
+decode threads; model on the main thread, write on the writer thread while the next batch is
+computed), peak RSS. Baseline: the naive pipeline a
 tutorial would write (walk, full Pillow decode, the model one image at a time, INSERT row by row
 with a commit each), measured in the same run on the same corpus.
 
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> Report:
         for stage in ("read", "hash", "lookup", "decode", "thumbnail", "preprocess", "model", "write"):
             if stage in timings:
                 report.add(f"  stage {stage}", timings[stage], unit="s",
-                           note="thread-seconds on the decode threads" if stage not in ("model", "write") else "main thread")
+                           note={"model": "main thread", "write": "writer thread, beside the next batch"}.get(
+                               stage, "thread-seconds on the decode threads"))
         report.add("peak RSS, local mode", local_rss, unit="MiB", higher_is_better=False)
 
         logs = work / "logs"

@@ -92,6 +92,16 @@ def _parse_bool(env: str) -> Callable[[str], bool]:
     return parse
 
 
+def _parse_choice(env: str, *choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ConfigError(f"{env}: expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _optional(text: str) -> str | None:
     return text.strip() or None
 
@@ -140,6 +150,14 @@ class Settings:
     device: str = _setting(
         "CLIPDEX_DEVICE", "auto",
         "`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`. fp16 on CUDA, fp32 on CPU.",
+    )
+    gpu_decode: str = _setting(
+        "CLIPDEX_GPU_DECODE", "auto",
+        "JPEG decode on the model's device (torchvision's nvJPEG, batched): `auto` (on when the model "
+        "runs on CUDA), `on` (on any device: on the CPU it is slower than the default), `off` (Pillow on "
+        "the decode threads). A JPEG the device cannot decode (progressive, CMYK, cut short) is decoded "
+        "by Pillow.",
+        _parse_choice("CLIPDEX_GPU_DECODE", "auto", "on", "off"),
     )
     roots: dict[str, Path] = _setting(
         "CLIPDEX_ROOTS", None,

@@ -299,36 +299,84 @@ def decode(data: bytes, *, min_side: int, max_pixels: int,
     ``budget`` bounds the memory of decodes running at once in this process.
     """
     fmt = sniff(data[:32])
+    with _reading(fmt, max_pixels):
+        im, width, height = _open_checked(data, fmt, max_pixels)
+        scaled = fmt in ("jpeg", "heif")
+        inspected = inspect(im) if inspect is not None and scaled else None
+        if scaled:
+            # JPEG: decode at 1/2, 1/4 or 1/8 scale in the DCT; HEIF: an embedded thumbnail
+            # that is a faithful scaled copy. Either way at least min_side on each side.
+            im.draft("RGB", (min_side, min_side))
+        with budget.reserve(decoded_bytes(im)) if budget is not None else _no_budget():
+            if inspect is not None and not scaled:
+                inspected = inspect(im)   # may decode: a PNG's EXIF can follow its pixels
+            im.seek(0)  # first frame of GIF / animated WebP
+            im.load()
+            orientation = _orientation_to_apply(im, fmt, data)
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width
+            if orientation and orientation != 1:
+                im = ImageOps.exif_transpose(im) if fmt != "heif" else _transpose(im, orientation)
+            rgb = _shrink(_to_rgb(im), min_side)
+            del im
+    return DecodedImage(rgb, fmt, width, height, inspected)
+
+
+@dataclass
+class JpegHeader:
+    """What a JPEG's header says, read without decoding a pixel: for decoders other than Pillow's
+    (nvJPEG on the GPU, indexer/device_decode.py)."""
+
+    width: int                  # full size as displayed (after orientation)
+    height: int
+    orientation: int | None     # EXIF orientation still to apply to the decoded pixels
+    inspected: Any              # what ``inspect`` returned
+    plain: bool                 # baseline YCbCr or grayscale, whole (ends with its EOI marker)
+    format: str = "jpeg"        # as DecodedImage's
+
+
+def jpeg_header(data: bytes, *, max_pixels: int,
+                inspect: Callable[[Image.Image], Any] | None = None) -> JpegHeader | None:
+    """A JPEG's header, checked as ``decode`` checks it (same failures); None for other formats.
+
+    ``plain`` is what every JPEG decoder reads alike. Progressive, CMYK and YCCK files, and bytes
+    that do not end with the end-of-image marker (a file cut short, or data appended after the
+    picture) are left to Pillow, whose handling of them the rest of clipdex is built on."""
+    fmt = sniff(data[:32])
+    if fmt != "jpeg":
+        return None
+    with _reading(fmt, max_pixels):
+        im, width, height = _open_checked(data, fmt, max_pixels)
+        inspected = inspect(im) if inspect is not None else None
+        orientation = im.getexif().get(0x0112)
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        plain = (im.mode in ("RGB", "L") and not im.info.get("progressive") and not im.info.get("progression")
+                 and data.rstrip(b"\0").endswith(b"\xff\xd9"))
+    return JpegHeader(width, height, orientation if orientation in range(2, 9) else None, inspected, plain)
+
+
+def _open_checked(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, int]:
+    """The image opened (header only), its size checked against the cap."""
     if fmt == "heif":
         _register_heif()
     _raise_pillow_limit(max_pixels)
+    im = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]])
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise DecodeFailure(f"{fmt.upper()} header gives an empty size {width}×{height}")
+    if width * height > max_pixels:
+        raise DecodeFailure(_over_cap(fmt, width * height, max_pixels, f"{width}×{height} pixels "))
+    return im, width, height
+
+
+@contextmanager
+def _reading(fmt: str, max_pixels: int) -> Iterator[None]:
+    """Pillow's errors while reading an image of format ``fmt``, as DecodeFailure with a reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]])
-            width, height = im.size
-            if width <= 0 or height <= 0:
-                raise DecodeFailure(f"{fmt.upper()} header gives an empty size {width}×{height}")
-            if width * height > max_pixels:
-                raise DecodeFailure(_over_cap(fmt, width * height, max_pixels, f"{width}×{height} pixels "))
-            scaled = fmt in ("jpeg", "heif")
-            inspected = inspect(im) if inspect is not None and scaled else None
-            if scaled:
-                # JPEG: decode at 1/2, 1/4 or 1/8 scale in the DCT; HEIF: an embedded thumbnail
-                # that is a faithful scaled copy. Either way at least min_side on each side.
-                im.draft("RGB", (min_side, min_side))
-            with budget.reserve(decoded_bytes(im)) if budget is not None else _no_budget():
-                if inspect is not None and not scaled:
-                    inspected = inspect(im)   # may decode: a PNG's EXIF can follow its pixels
-                im.seek(0)  # first frame of GIF / animated WebP
-                im.load()
-                orientation = _orientation_to_apply(im, fmt, data)
-                if orientation in (5, 6, 7, 8):
-                    width, height = height, width
-                if orientation and orientation != 1:
-                    im = ImageOps.exif_transpose(im) if fmt != "heif" else _transpose(im, orientation)
-                rgb = _shrink(_to_rgb(im), min_side)
-                del im
+            yield
     except (DecodeFailure, NotAnImage):
         raise
     except Image.DecompressionBombError as exc:
@@ -341,7 +389,6 @@ def decode(data: bytes, *, min_side: int, max_pixels: int,
         if "truncated" in text.lower() or isinstance(exc, EOFError):
             raise DecodeFailure(f"truncated {fmt.upper()}: {text}") from None
         raise DecodeFailure(f"cannot decode {fmt.upper()}: {text}") from None
-    return DecodedImage(rgb, fmt, width, height, inspected)
 
 
 def _over_cap(fmt: str, pixels: int | None, max_pixels: int, size: str) -> str:

@@ -255,10 +255,16 @@ class ClipModel:
 
         if not isinstance(batch, torch.Tensor):
             batch = self.preprocess_images(batch)
+        return vectors_of(self.start_encoding(batch))
+
+    def start_encoding(self, pixels: "torch.Tensor") -> "torch.Tensor":
+        """Queues the image tower on a batch (host or device tensor) and returns its features on
+        the device without waiting for them: on CUDA the forward pass runs while the caller
+        prepares the next batch (``vectors_of`` waits). On the CPU it is done on return."""
+        import torch
+
         with self._lock, torch.inference_mode():
-            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
-            features = self._model.encode_image(pixels)
-            return _normalise(features)
+            return self._model.encode_image(pixels.to(self.device, dtype=self.dtype, non_blocking=True))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -273,7 +279,7 @@ class ClipModel:
                 used = (tokens != pad).any(dim=0).nonzero()
                 if len(used):
                     tokens = tokens[:, :int(used[-1]) + 1]
-            return _normalise(self._model.encode_text(tokens.to(self.device)))
+            return vectors_of(self._model.encode_text(tokens.to(self.device)))
 
     @property
     def _text_padding(self) -> int | None:
@@ -325,7 +331,8 @@ def _local_text_tower(folder: Path) -> dict[str, Any]:
                          "hf_model_pretrained": False}}
 
 
-def _normalise(features: "torch.Tensor") -> np.ndarray:
+def vectors_of(features: "torch.Tensor") -> np.ndarray:
+    """Unit-length float32 vectors on the host from a batch's features (waits for the device)."""
     array = features.float().cpu().numpy()
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     norms[norms == 0] = 1.0

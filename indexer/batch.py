@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import psycopg
@@ -20,9 +21,9 @@ from clipdex import archives, model_registry
 from clipdex.files import allowed_roots
 from clipdex.roots import RootError, absolute, local_root
 from indexer import store
-from indexer.embed import embed
+from indexer.embed import finish_previews, land, launch
 from indexer.metadata import image_facts
-from indexer.prepare import BatchContext, Failed, Known, New, Prepared, Skipped, VectorOnly, prepare, read_file
+from indexer.prepare import BatchContext, EarlierWrite, Failed, Known, New, Prepared, Skipped, VectorOnly, prepare, read_file
 from indexer.runtime import Runtime
 from indexer.sources import FileTask, side_files
 
@@ -44,27 +45,30 @@ def _location(p: Known | New, source: str) -> store.LocationRow:
 
 
 def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
-              on_file: Callable[[bool], None] | None = None) -> store.BatchOutcome:
+              on_file: Callable[[bool], None] | None = None, earlier: EarlierWrite | None = None) -> store.BatchOutcome:
     """Prepares every file on the thread pool and embeds new images in groups as they come; a
-    window of prepared files bounds the memory."""
+    window of prepared files bounds the memory. ``earlier``: the batch being written meanwhile."""
     outcome = store.BatchOutcome()
     registered = rt.registered_roots()
     root_path = local_root(rt.settings, None, work.root, registered=registered)
-    ctx = BatchContext(work, root_path, allowed_roots(rt.settings, registered, root_path))
+    ctx = BatchContext(work, root_path, allowed_roots(rt.settings, registered, root_path), earlier=earlier)
     settings = rt.settings
     window = 2 * settings.batch_size + settings.effective_decode_threads
     futures: list[Future | None] = []
     pending: list[New | VectorOnly] = []
     embedded: list[New | VectorOnly] = []
+    in_flight = None                         # the group launched last, not landed yet
+    previews: list = []                      # previews of the device's JPEGs, being encoded
     seen_new: set[bytes] = set()
     task_iter = iter(tasks)
     _keep_side_texts(rt, ctx, tasks)
+    device_jpegs = rt.device_decoder is not None if tasks else False
+    options = dict(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
+                   budget=rt.decode_budget, device_jpegs=device_jpegs)
 
     def submit_next() -> None:
         task = next(task_iter, None)
         if task is not None:
-            options = dict(max_file_bytes=settings.max_file_bytes, max_pixels=settings.max_pixels,
-                           budget=rt.decode_budget)
             if archives.tar_of(task.relpath) is None:
                 futures.append(rt.threads.submit(prepare, task, ctx, rt.model, rt.pool, **options))
                 return
@@ -103,11 +107,18 @@ def run_files(rt: Runtime, work: store.BatchWork, tasks: list[FileTask],
                     outcome.locations.append(_location(p, work.source))
                 pending.append(p)
                 if len(pending) >= settings.batch_size:
-                    embedded += embed(rt, pending, outcome)
-                    pending = []
+                    # The next group is queued before the last one's vectors are read: the device
+                    # is never idle waiting for the host between groups.
+                    launched = launch(rt, pending, outcome)
+                    embedded += land(rt, in_flight, outcome, previews)
+                    in_flight, pending = launched, []
         if on_file is not None:
             on_file(isinstance(p, (Known, New, VectorOnly)))
-    embedded += embed(rt, pending, outcome)
+    launched = launch(rt, pending, outcome)
+    embedded += land(rt, in_flight, outcome, previews)
+    embedded += land(rt, launched, outcome, previews)
+    no_preview = finish_previews(previews, outcome)
+    embedded = [p for p in embedded if not (isinstance(p, New) and p.file.sha256 in no_preview)]
     failed = {f[0] for f in outcome.failures}
     dropped = seen_new - {p.file.sha256 for p in embedded if isinstance(p, New)}
     outcome.locations = [loc for loc in outcome.locations if loc.relpath not in failed and loc.sha256 not in dropped]
@@ -152,6 +163,27 @@ def process_batch(rt: Runtime, run_id: int, batch_no: int,
 
     ``on_file(is_image)`` is called as each file is handled (the local progress line).
     """
+    computed = compute_batch(rt, run_id, batch_no, on_file)
+    return None if computed is None else write_batch(rt, computed)
+
+
+@dataclass
+class Computed:
+    """A batch read, decoded and embedded, not written yet."""
+
+    work: store.BatchWork
+    outcome: store.BatchOutcome
+
+    def writing(self, write: Future) -> EarlierWrite:
+        return EarlierWrite(frozenset(n.sha256 for n in self.outcome.new_images), write)
+
+
+def compute_batch(rt: Runtime, run_id: int, batch_no: int, on_file: Callable[[bool], None] | None = None,
+                  earlier: EarlierWrite | None = None) -> Computed | None:
+    """Everything of a batch but its write: the model's part. None when the batch is not queued
+    (done, or failed for good). ``write_batch`` may run on another thread while the next batch
+    is computed (``earlier``), so that the device never waits for the database
+    (indexer/in_process.py)."""
     with rt.pool.connection() as conn:
         work = store.load_batch(conn, run_id, batch_no)
         if work is None or work.state != "queued":
@@ -171,18 +203,24 @@ def process_batch(rt: Runtime, run_id: int, batch_no: int,
     tasks = [FileTask.from_json(item) for item in work.payload or []]
     started = time.perf_counter()
     try:
-        outcome = run_files(rt, work, tasks, on_file)
+        outcome = run_files(rt, work, tasks, on_file, earlier)
     except RootError as exc:
         # The library is not mounted here: every file fails with the reason (none is lost; the
         # next run retries them).
         outcome = store.BatchOutcome(failures=[(t.relpath, "read", str(exc), t.size, t.mtime_ns) for t in tasks])
     outcome.timings["total"] = time.perf_counter() - started
+    return Computed(work, outcome)
+
+
+def write_batch(rt: Runtime, computed: Computed) -> dict[str, Any] | None:
+    """Writes a computed batch and marks it done; None when another worker finished it meanwhile."""
+    work, outcome = computed.work, computed.outcome
     write_started = time.perf_counter()
     counts = _write(rt, work, outcome)
     if counts is None:
         return None
     outcome.timings["write"] = time.perf_counter() - write_started
-    log.info("run %s batch %s: %s", run_id, batch_no, counts)
+    log.info("run %s batch %s: %s", work.run_id, work.batch_no, counts)
     # The batch that finishes a bulk load says so: its HNSW index is then built once. The one that
     # finishes any run has its new photos put in look-alike groups (indexer/lookalikes.py).
     finished = counts.pop("finished_run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from clipdex import model_registry
 from clipdex.config import Settings
 from clipdex.database import Database, DatabaseError
 from indexer import store
-from indexer.batch import process_batch, stage_totals
+from indexer.batch import Computed, compute_batch, stage_totals, write_batch
+from indexer.prepare import EarlierWrite
 from indexer.lookalikes import group_new_images
 from indexer.runtime import Runtime
 from indexer.producer import RunPlan, plan_run
@@ -94,20 +96,25 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
         alive.enter_context(model_registry.holding_bulk_load(lock_conn, plan.run_id))
     try:
         try:
-            for batch_no in plan.batches:
-                try:
-                    result = process_batch(rt, plan.run_id, batch_no, on_file=progress.file_done)
-                except (psycopg.OperationalError, DatabaseError) as exc:
-                    raise DatabaseError(f"run {plan.run_id} stopped: {str(exc).strip()}. Run the same command "
-                                        "again to go on where it stopped.") from None
-                except Exception as exc:
-                    # One batch must not end the run: it is marked failed with the error (the files
-                    # show as failures of stage 'batch'), and the next batches go on.
-                    log.exception("run %s batch %s failed", plan.run_id, batch_no)
-                    failed_files += _fail(database, plan.run_id, batch_no, exc)
-                    continue
-                if result is not None:
-                    results.append(result)
+            # A batch is written on the writer thread while the next one is computed: the model
+            # never waits for the database. One write at a time, in order.
+            with ThreadPoolExecutor(1, thread_name_prefix="clipdex-write") as writer:
+                answers: list = []     # per batch: its counts, None (done before), or its files if it failed
+                writing: tuple[int, EarlierWrite] | None = None
+                for batch_no in plan.batches:
+                    computed = _batch_step(database, plan.run_id, batch_no, compute_batch, rt, plan.run_id,
+                                           batch_no, progress.file_done, writing and writing[1])
+                    if writing is not None:
+                        answers.append(_batch_step(database, plan.run_id, writing[0], writing[1].write.result))
+                        writing = None
+                    if isinstance(computed, Computed):
+                        writing = batch_no, computed.writing(writer.submit(write_batch, rt, computed))
+                    else:
+                        answers.append(computed)
+                if writing is not None:
+                    answers.append(_batch_step(database, plan.run_id, writing[0], writing[1].write.result))
+            results = [a for a in answers if isinstance(a, dict)]
+            failed_files = sum(a for a in answers if isinstance(a, int))
         finally:
             if plan.files:
                 progress.finish()
@@ -125,6 +132,21 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
     counts["failed"] += failed_files
     return LocalResult(plan, time.perf_counter() - started, rt.images_encoded - before, counts,
                        stage_totals(results))
+
+
+def _batch_step(database: Database, run_id: int, batch_no: int, step, *args):
+    """One step of a batch (compute, or the end of its write): its answer, or the number of the
+    batch's files when it failed. One batch must not end the run: it is marked failed with the
+    error (its files show as failures of stage 'batch') and the next batches go on; a database
+    outage stops the run, which the same command resumes."""
+    try:
+        return step(*args)
+    except (psycopg.OperationalError, DatabaseError) as exc:
+        raise DatabaseError(f"run {run_id} stopped: {str(exc).strip()}. Run the same command "
+                            "again to go on where it stopped.") from None
+    except Exception as exc:
+        log.exception("run %s batch %s failed", run_id, batch_no)
+        return _fail(database, run_id, batch_no, exc)
 
 
 def _group_lookalikes(database: Database, out: TextIO | None) -> None:

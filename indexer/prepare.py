@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -22,11 +22,12 @@ from typing import Any, Sequence, Union
 import psycopg
 
 from clipdex.files import FileRefused, open_regular, read_capped
-from clipdex.imaging import DecodeBudget, DecodeFailure, NotAnImage, decode
+from clipdex.imaging import DecodeBudget, DecodeFailure, NotAnImage, decode, jpeg_header
 from clipdex.model import ClipModel
 from clipdex.roots import absolute
 from clipdex.vocabulary import IMAGE_EXTENSIONS, RAW_EXTENSIONS
 from indexer import store
+from indexer.device_decode import DeviceJpeg
 from indexer.metadata import image_facts, read_embedded_metadata, resolve_capture_time
 from indexer.sources import FileTask, SourceInfo, extension, get_source
 from indexer.thumbnail import make_thumbnail
@@ -43,6 +44,22 @@ class BatchContext:
     root_path: Path
     inside: Sequence[bytes] | None
     cache: dict = field(default_factory=dict)
+    earlier: "EarlierWrite | None" = None
+
+
+@dataclass
+class EarlierWrite:
+    """The previous batch of this process, still being written while this one is computed: the
+    bytes of its new images, and its write. A file with those bytes waits for that write before it
+    looks them up, so it is found known (as when batches run one after the other), not embedded
+    twice."""
+
+    sha256s: frozenset[bytes]
+    write: Future
+
+    def wait_for(self, sha256: bytes) -> None:
+        if sha256 in self.sha256s:
+            wait([self.write])
 
 
 @dataclass
@@ -95,7 +112,7 @@ class New:
     file: FileRead
     info: SourceInfo
     image: store.NewImage
-    pixels: Any
+    pixels: Any        # the model's input, or a DeviceJpeg the model's device decodes
     timings: dict[str, float] = field(default_factory=dict)
 
     def take_vector(self, vector) -> None:
@@ -123,13 +140,17 @@ Prepared = Union[Failed, Skipped, Known, New, VectorOnly]
 
 
 def prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, *, max_file_bytes: int,
-            max_pixels: int, budget: DecodeBudget | None = None, preread: Future | None = None) -> Prepared:
+            max_pixels: int, budget: DecodeBudget | None = None, preread: Future | None = None,
+            device_jpegs: bool = False) -> Prepared:
     """One file through the threaded stages. Never raises for the file's sake: any surprise becomes
     its failure (a database error is re-raised: the whole batch must be retried). ``preread``:
-    the file's ``read_file`` answer, read on another thread (members of a tar part, in order)."""
+    the file's ``read_file`` answer, read on another thread (members of a tar part, in order).
+    ``device_jpegs``: a plain JPEG's pixels are left to the model's device (only its header is
+    read here)."""
     timings: dict[str, float] = {}
     try:
-        return _prepare(task, ctx, model, pool, max_file_bytes, max_pixels, budget, timings, preread)
+        return _prepare(task, ctx, model, pool, max_file_bytes, max_pixels, budget, timings, preread,
+                        device_jpegs)
     except psycopg.Error:
         raise
     except Exception as exc:
@@ -178,7 +199,8 @@ def describe(ctx: BatchContext, task: FileTask) -> SourceInfo:
 
 
 def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file_bytes: int, max_pixels: int,
-             budget: DecodeBudget | None, timings: dict[str, float], preread: Future | None = None) -> Prepared:
+             budget: DecodeBudget | None, timings: dict[str, float], preread: Future | None = None,
+             device_jpegs: bool = False) -> Prepared:
     t = time.perf_counter()
     if preread is not None:
         read, failure = preread.result()
@@ -191,12 +213,14 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
         return Failed(task, *failure, st.st_size, st.st_mtime_ns, timings)
     t = _timed(timings, "read", t)
     if task.indexed_image is not None and (st.st_size, st.st_mtime_ns) == (task.size, task.mtime_ns):
-        return _vector_only(task, data, st, model, max_pixels, budget, timings)
+        return _vector_only(task, data, st, model, max_pixels, budget, timings, device_jpegs)
     file = FileRead(st.st_size, st.st_mtime_ns, st.st_ino, hashlib.sha256(data).digest())
     if task.hints.get("md5") and hashlib.md5(data).hexdigest() != task.hints["md5"]:
         task.hints["hash_mismatch"] = True  # a QQ NT original whose bytes do not match its name
     t = _timed(timings, "hash", t)
     info = describe(ctx, task)
+    if ctx.earlier is not None:
+        ctx.earlier.wait_for(file.sha256)
     with pool.connection() as conn:
         known = store.lookup_image(conn, file.sha256, ctx.work.model_id)
     t = _timed(timings, "lookup", t)
@@ -207,8 +231,12 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
                       file.size, file.mtime_ns, timings)
     try:
         # Known bytes without this model's vector (a second model): everything but the vector is stored.
-        decoded, thumbnail, pixels = decode_for_model(data, model, max_pixels, timings, budget,
-                                                      with_thumbnail=known is None)
+        device = _header_for_device(data, max_pixels, timings, with_thumbnail=known is None) if device_jpegs else None
+        if device is not None:
+            (decoded, pixels), thumbnail = device, None   # the preview is made from the device's pixels
+        else:
+            decoded, thumbnail, pixels = decode_for_model(data, model, max_pixels, timings, budget,
+                                                          with_thumbnail=known is None)
     except NotAnImage as exc:
         if extension(task.name) in IMAGE_EXTENSIONS:
             # Named like a photo: the user expects it indexed, so say why it is not.
@@ -227,12 +255,15 @@ def _prepare(task: FileTask, ctx: BatchContext, model: ClipModel, pool, max_file
 
 
 def _vector_only(task: FileTask, data: bytes, st, model: ClipModel, max_pixels: int,
-                 budget: DecodeBudget | None, timings: dict[str, float]) -> Prepared:
+                 budget: DecodeBudget | None, timings: dict[str, float], device_jpegs: bool = False) -> Prepared:
     """Bytes the scan and this read both find as the stored image's (same size and time): no hash,
     sidecar, lookup, EXIF facts or thumbnail, only the pixels for this model."""
     file = FileRead(st.st_size, st.st_mtime_ns, st.st_ino, b"")
     t = time.perf_counter()
     try:
+        device = _header_for_device(data, max_pixels, timings, with_thumbnail=False, facts=False) if device_jpegs else None
+        if device is not None:
+            return VectorOnly(task, file, task.indexed_image, device[1], timings=timings)
         decoded = decode(data, min_side=max(model.image_size), max_pixels=max_pixels, budget=budget)
         t = _timed(timings, "decode", t)
         pixels = model.preprocess(decoded.image)
@@ -243,6 +274,18 @@ def _vector_only(task: FileTask, data: bytes, st, model: ClipModel, max_pixels: 
                       timings)
     _timed(timings, "preprocess", t)
     return VectorOnly(task, file, task.indexed_image, pixels, timings=timings)
+
+
+def _header_for_device(data: bytes, max_pixels: int, timings: dict[str, float], *, with_thumbnail: bool,
+                       facts: bool = True):
+    """(header, DeviceJpeg) for a plain JPEG, whose pixels the model's device decodes; None for
+    any other file (Pillow decodes it here). Raises as ``decode`` does for a bad header.
+    ``facts``: the header's EXIF is read too (a new image's date, place, camera)."""
+    t = time.perf_counter()
+    header = jpeg_header(data, max_pixels=max_pixels, inspect=read_embedded_metadata if facts else None)
+    found = (header, DeviceJpeg.of(data, header.orientation, with_thumbnail)) if header and header.plain else None
+    _timed(timings, "decode", t)
+    return found
 
 
 def decode_for_model(data: bytes, model: ClipModel, max_pixels: int, timings: dict[str, float] | None = None,

@@ -23,6 +23,7 @@ from clipdex.imaging import DecodeBudget
 from clipdex.model import ClipModel, load_model
 from clipdex.roots import known_roots
 from indexer import store
+from indexer.device_decode import DeviceDecoder
 
 _TEXTS_KEPT = 4
 
@@ -35,7 +36,7 @@ class Runtime:
         self.database = database or open_database(settings, repair_indexes=False)
         threads = settings.effective_decode_threads
         self.pool = ConnectionPool(
-            self.database.url, min_size=1, max_size=threads + 1, open=True,
+            self.database.url, min_size=1, max_size=threads + 2, open=True,   # + the main and writer threads
             kwargs={"autocommit": True}, configure=_register_vector,
             check=ConnectionPool.check_connection, name="clipdex-indexer")
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="clipdex-decode")
@@ -45,9 +46,13 @@ class Runtime:
         self._model_id: int | None = None
         self._lock = threading.Lock()
         self.images_encoded = 0   # model work done by this process, for status and tests
+        self.device_decoded = self.device_refused = 0   # JPEGs the device decoded / left to Pillow
         self.stream_reader = ThreadPoolExecutor(1, thread_name_prefix="clipdex-tar")   # tar members, in order
         self.stream_slots = threading.Semaphore(2 * threads + 2)   # tar members read, not yet prepared
         self._texts: OrderedDict[tuple, dict[bytes, bytes]] = OrderedDict()
+        self._device_decoder: DeviceDecoder | None | bool = False   # False: not decided yet
+        self._staging: list = [None, None]
+        self._staging_turn = 0
 
     @property
     def model(self) -> ClipModel:
@@ -55,6 +60,29 @@ class Runtime:
             if self._model is None:
                 self._model = load_model(self.settings)
             return self._model
+
+    @property
+    def device_decoder(self) -> DeviceDecoder | None:
+        """The JPEG decoder of the model's device when CLIPDEX_GPU_DECODE asks for one (None:
+        Pillow decodes every file on the decode threads)."""
+        if self._device_decoder is False:
+            model, wanted = self.model, self.settings.gpu_decode
+            on = wanted == "on" or (wanted == "auto" and model.device.startswith("cuda"))
+            self._device_decoder = DeviceDecoder.for_model(model) if on else None
+        return self._device_decoder
+
+    def staging(self, rows: int, shape: tuple[int, ...]):
+        """A page-locked host buffer for a group's pixels, which CUDA copies without blocking the
+        host. Two take turns: a group lands before the group after next is launched, so the
+        buffer a queued copy may still read is never the one written (indexer/embed.py)."""
+        import torch
+
+        self._staging_turn ^= 1
+        buffer = self._staging[self._staging_turn]
+        if buffer is None or buffer.shape[0] < rows or tuple(buffer.shape[1:]) != shape:
+            buffer = torch.empty((max(rows, self.settings.batch_size), *shape), pin_memory=True)
+            self._staging[self._staging_turn] = buffer
+        return buffer[:rows]
 
     def model_id(self, defer_index: bool = False) -> int:
         """The model's id in the database, registered (with its HNSW index unless a bulk load
