@@ -100,11 +100,13 @@ def device_decode_rate(model_name: str, paths: list[Path], batch: int = 64) -> f
     device (nvJPEG on CUDA), reduce, orient, preview pixels and the model's preprocessing there."""
     import torch
 
+    from clipdex.imaging import jpeg_header
     from clipdex.model import load_model
     from indexer.device_decode import DeviceDecoder, DeviceJpeg
 
     decoder = DeviceDecoder.for_model(load_model(Settings(model=model_name, pretrained="none", device=device())))
-    jpegs = [DeviceJpeg.of(p.read_bytes(), None, True) for p in paths]
+    blobs = [p.read_bytes() for p in paths]
+    jpegs = [DeviceJpeg.of(data, jpeg_header(data, max_pixels=250_000_000), True) for data in blobs]
 
     def run() -> None:
         for start in range(0, len(jpegs), batch):
@@ -135,7 +137,7 @@ def agreement(model_name: str, paths: list[Path]) -> tuple[float, float]:
     for path in paths:
         data = path.read_bytes()
         header = jpeg_header(data, max_pixels=250_000_000)
-        on_device = decoder.decode([DeviceJpeg.of(data, header.orientation, False)])[0].pixels
+        on_device = decoder.decode([DeviceJpeg.of(data, header, False)])[0].pixels
         by_pillow = decode_for_model(data, model, 250_000_000, with_thumbnail=False)[2]
         a, b = model.encode_images(torch.stack([on_device.cpu().float(), by_pillow]))
         cosines.append(float(np.dot(a, b)))

@@ -283,7 +283,7 @@ def _header_for_device(data: bytes, max_pixels: int, timings: dict[str, float], 
     ``facts``: the header's EXIF is read too (a new image's date, place, camera)."""
     t = time.perf_counter()
     header = jpeg_header(data, max_pixels=max_pixels, inspect=read_embedded_metadata if facts else None)
-    found = (header, DeviceJpeg.of(data, header.orientation, with_thumbnail)) if header and header.plain else None
+    found = (header, DeviceJpeg.of(data, header, with_thumbnail)) if header and header.plain else None
     _timed(timings, "decode", t)
     return found
 
