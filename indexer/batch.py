@@ -239,22 +239,27 @@ def _write(rt: Runtime, work: store.BatchWork, outcome: store.BatchOutcome) -> d
                     if not store.claim_batch(conn, work.run_id, work.batch_no):
                         return None
                     counts = store.write_batch(conn, work, outcome, rt.worker_name)
-                    # Where the batch's photos were taken; the run's last batch also names any
-                    # photo of the library still unnamed (after an upgrade).
-                    try:
-                        with conn.transaction():
-                            store.fill_places(conn, None if counts["finished_run"] else counts["image_ids"])
-                    except Exception as exc:   # a place is a nicety: never worth the batch
-                        if isinstance(exc, psycopg.OperationalError):
-                            raise
-                        log.warning("run %s batch %s: cannot name the photos' places: %s", work.run_id,
-                                    work.batch_no, exc)
-                    return counts
+                _name_places(conn, work, None if counts["finished_run"] else counts["image_ids"])
+                return counts
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             if attempt == WRITE_ATTEMPTS:
                 raise
             log.warning("run %s batch %s: %s; writing again", work.run_id, work.batch_no, exc)
     return None
+
+
+def _name_places(conn: psycopg.Connection, work: store.BatchWork, image_ids: list[int] | None) -> None:
+    """Where the batch's photos were taken; the run's last batch also names any photo of the
+    library still unnamed (after an upgrade, or a batch whose naming failed). After the batch's
+    commit, in a transaction of its own: inside it, the naming touched image rows while the batch
+    held its run's row (the last-batch check), and two writers of one run could deadlock there. A
+    place is a nicety: never worth the batch."""
+    try:
+        with conn.transaction():
+            store.fill_places(conn, image_ids)
+    except Exception as exc:
+        log.warning("run %s batch %s: cannot name the photos' places now (the run's last batch will): %s",
+                    work.run_id, work.batch_no, exc)
 
 
 def stage_totals(results: list[dict]) -> dict[str, float]:
