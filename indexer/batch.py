@@ -12,6 +12,7 @@ import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -202,8 +203,13 @@ def compute_batch(rt: Runtime, run_id: int, batch_no: int, on_file: Callable[[bo
         raise
     tasks = [FileTask.from_json(item) for item in work.payload or []]
     started = time.perf_counter()
+    # A tar part's members are read ahead on the one stream-reader thread, and their prepares wait
+    # for those reads: two such batches at once (a Celery worker's two threads) could hold every
+    # decode thread waiting on reads queued behind each other. One at a time, then.
+    turn = rt.tar_turn if any(archives.tar_of(t.relpath) is not None for t in tasks) else nullcontext()
     try:
-        outcome = run_files(rt, work, tasks, on_file, earlier)
+        with turn:
+            outcome = run_files(rt, work, tasks, on_file, earlier)
     except RootError as exc:
         # The library is not mounted here: every file fails with the reason (none is lost; the
         # next run retries them).

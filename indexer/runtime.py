@@ -51,8 +51,8 @@ class Runtime:
         self.stream_slots = threading.Semaphore(2 * threads + 2)   # tar members read, not yet prepared
         self._texts: OrderedDict[tuple, dict[bytes, bytes]] = OrderedDict()
         self._device_decoder: DeviceDecoder | None | bool = False   # False: not decided yet
-        self._staging: list = [None, None]
-        self._staging_turn = 0
+        self._staging = threading.local()     # per thread: a Celery worker runs two batches at once
+        self.tar_turn = threading.Lock()      # one batch of tar members at a time (indexer/batch.py)
 
     @property
     def model(self) -> ClipModel:
@@ -73,15 +73,19 @@ class Runtime:
 
     def staging(self, rows: int, shape: tuple[int, ...]):
         """A page-locked host buffer for a group's pixels, which CUDA copies without blocking the
-        host. Two take turns: a group lands before the group after next is launched, so the
-        buffer a queued copy may still read is never the one written (indexer/embed.py)."""
+        host. Each thread has two that take turns: a group lands before the group after next is
+        launched, so the buffer a queued copy may still read is never the one written
+        (indexer/embed.py)."""
         import torch
 
-        self._staging_turn ^= 1
-        buffer = self._staging[self._staging_turn]
+        mine = self._staging
+        if not hasattr(mine, "buffers"):
+            mine.buffers, mine.turn = [None, None], 0
+        mine.turn ^= 1
+        buffer = mine.buffers[mine.turn]
         if buffer is None or buffer.shape[0] < rows or tuple(buffer.shape[1:]) != shape:
             buffer = torch.empty((max(rows, self.settings.batch_size), *shape), pin_memory=True)
-            self._staging[self._staging_turn] = buffer
+            mine.buffers[mine.turn] = buffer
         return buffer[:rows]
 
     def model_id(self, defer_index: bool = False) -> int:

@@ -1,8 +1,9 @@
 """The Celery side of indexing: an app made from Settings, its tasks, and the worker.
 
-Run one worker process per GPU with ``clipdex worker``: it consumes the ``embed`` queue with the
-solo pool, so the model lives in the process that runs the batches (CUDA must not be initialised
-in a parent that forks children) and is loaded lazily on the first task. Each batch written sends
+Run one worker process per GPU with ``clipdex worker``: it consumes the ``embed`` queue on two
+threads of one process (Celery's threads pool), so the model lives in the process that runs the
+batches (CUDA must not be initialised in a parent that forks children), is loaded lazily on the
+first task, and one batch is written while the other runs on the model. Each batch written sends
 the ids of its photos to the ``ocr`` queue, which ``clipdex worker --queues ocr`` consumes on
 as many CPU machines as needed (``--queues embed,ocr`` does both). Nothing here runs at
 import: the app exists once ``make_celery(settings)`` is called (``indexer.celery_app`` does it
@@ -12,6 +13,7 @@ from the environment for Celery's own command line, e.g. Flower).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from celery import Celery
@@ -36,7 +38,7 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=QUEUE,
         task_acks_late=True,               # ack after the batch is written, not when received
         task_reject_on_worker_lost=True,   # a killed worker's batch goes back to the queue
-        worker_prefetch_multiplier=1,      # a worker holds one batch at a time
+        worker_prefetch_multiplier=1,      # a worker holds one batch per thread
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,
@@ -82,9 +84,17 @@ def send_text_reading(app: Celery, run_id: int, image_ids: list[int]) -> None:
     app.send_task(OCR_TASK, args=(run_id, image_ids), queue=OCR_QUEUE)
 
 
+EMBED_LANES = 2   # batches an embed worker holds: one is written while the other runs on the model
+
+
 def worker_argv(celery_args: tuple[str, ...] = (), queues: str = QUEUE) -> list[str]:
-    """The queues (embed, ocr or both), the solo pool (the model stays in this process: CUDA must
-    not be initialised in a parent that forks), one task at a time; then the caller's Celery options."""
+    """The queues (embed, ocr or both) and a pool that never forks (the model stays in this
+    process: CUDA must not be initialised in a parent that forks). An embed worker runs two
+    batches on two threads, so the device does not wait while a batch is written; a worker that
+    also reads text keeps one task at a time (its OCR engine reads one photo at a time). Then
+    the caller's Celery options."""
+    if queues == QUEUE:
+        return ["worker", "-Q", queues, "--pool", "threads", "--concurrency", str(EMBED_LANES), *celery_args]
     return ["worker", "-Q", queues, "--pool", "solo", "--concurrency", "1", *celery_args]
 
 
@@ -94,22 +104,25 @@ def run_worker(settings: Settings, celery_args: tuple[str, ...] = (), queues: st
 
 
 _runtime = None
+_runtime_lock = threading.Lock()
 
 
 def _worker_runtime(settings: Settings):
-    """The process's indexing runtime (database pool, threads, model), built on the first task."""
+    """The process's indexing runtime (database pool, threads, model), built on the first task;
+    the worker's threads share it."""
     global _runtime
-    if _runtime is None:
-        from indexer.runtime import Runtime
+    with _runtime_lock:
+        if _runtime is None:
+            from indexer.runtime import Runtime
 
-        if not settings.model_named:   # `celery -A indexer.celery_app worker` with CLIPDEX_MODEL unset
-            from clipdex.database import open_database
-            from clipdex.model_registry import follow_library
+            if not settings.model_named:   # `celery -A indexer.celery_app worker` with CLIPDEX_MODEL unset
+                from clipdex.database import open_database
+                from clipdex.model_registry import follow_library
 
-            with open_database(settings, repair_indexes=False).connect() as conn:
-                settings = follow_library(settings, conn)
-        _runtime = Runtime(settings)
-    return _runtime
+                with open_database(settings, repair_indexes=False).connect() as conn:
+                    settings = follow_library(settings, conn)
+            _runtime = Runtime(settings)
+        return _runtime
 
 
 _ocr = None

@@ -146,6 +146,35 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(settings, redis_url,
     assert f"run {plan.run_id} [done]" in out and "new 48, duplicates 0" in out and "failed 0" in out
 
 
+def test_a_worker_holds_two_batches_so_one_is_written_while_the_other_is_computed(settings, redis_url, tmp_path):
+    """`clipdex worker` runs two batches at once on two threads sharing one model: the device does
+    not wait while a batch is written. Each batch still runs once, and the rows are whole."""
+    library = tmp_path / "lib"
+    for i in range(60):
+        L.write(library / f"day{i % 4}" / f"p{i:02}.png", L.png(300 + i, (600, 400)))
+    producer = settings.replace(broker_url=redis_url, task_files=10, task_timeout=120)
+    db = open_database(producer)
+    plan = plan_run(producer, db, library, mode="celery")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    worker = start_worker(producer, "lanes", logs)
+    try:
+        wait_ready(producer, ["lanes"])
+        enqueue(producer, db, plan.run_id, plan.batches)
+        wait_for(run_finished(db.url, plan.run_id), 180, "the run to finish", log_dir=logs)
+    finally:
+        stop_worker(worker)
+    with psycopg.connect(db.url) as conn:
+        spans = conn.execute("SELECT started_at, finished_at, attempts, worker FROM ingest_batches "
+                             "WHERE run_id = %s ORDER BY started_at", (plan.run_id,)).fetchall()
+        assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (60, 60)
+        assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 60
+        assert conn.execute("SELECT count(*) FROM thumbnails").fetchone()[0] == 60
+    assert len(spans) == 6 and {s[2] for s in spans} == {1} and len({s[3] for s in spans}) == 1
+    # Some batch started before the one before it had finished: two were in hand at once.
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
 def test_enqueue_command_needs_a_broker(settings, tmp_path):
     L.write(tmp_path / "lib" / "a.jpg", L.jpeg(1))
     proc = run_cli("enqueue", str(tmp_path / "lib"), env=settings.to_environ(), check=False)
