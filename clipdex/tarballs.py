@@ -182,6 +182,8 @@ class TarStream:
     """One part, read forward. Its lock is held from finding a member until the member's reader
     is closed: the stream can only be in one place."""
 
+    restarts = 0   # how often a stream of this process went back to its part's top (tests read it)
+
     def __init__(self, handle: BinaryIO):
         self.lock = threading.Lock()
         self._handle = os.fdopen(os.dup(handle.fileno()), "rb")   # its own: the caller closes theirs
@@ -211,6 +213,7 @@ class TarStream:
                 raise ArchiveRefused(f"the archive ends or is damaged before this member: {exc}") from None
             if started_at_top:
                 break
+            TarStream.restarts += 1
             try:
                 self._handle.seek(0)
             except _READ_ERRORS as exc:

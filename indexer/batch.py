@@ -257,9 +257,9 @@ def _write(rt: Runtime, work: store.BatchWork, outcome: store.BatchOutcome) -> d
 def _name_places(conn: psycopg.Connection, work: store.BatchWork, image_ids: list[int] | None) -> None:
     """Where the batch's photos were taken; the run's last batch also names any photo of the
     library still unnamed (after an upgrade, or a batch whose naming failed). After the batch's
-    commit, in a transaction of its own: inside it, the naming touched image rows while the batch
-    held its run's row (the last-batch check), and two writers of one run could deadlock there. A
-    place is a nicety: never worth the batch."""
+    commit, in a transaction of its own: inside it, the naming ran while the batch held its run's
+    row (the last-batch check), so every other writer of the run waited for it. A place is a
+    nicety: never worth the batch."""
     try:
         with conn.transaction():
             store.fill_places(conn, image_ids)

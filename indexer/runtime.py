@@ -45,6 +45,7 @@ class Runtime:
         self._model: ClipModel | None = None
         self._model_id: int | None = None
         self._lock = threading.Lock()
+        self._registering = threading.Lock()
         self.images_encoded = 0   # model work done by this process, for status and tests
         self.device_decoded = self.device_refused = 0   # JPEGs the device decoded / left to Pillow
         self.stream_reader = ThreadPoolExecutor(1, thread_name_prefix="clipdex-tar")   # tar members, in order
@@ -91,13 +92,14 @@ class Runtime:
     def model_id(self, defer_index: bool = False) -> int:
         """The model's id in the database, registered (with its HNSW index unless a bulk load
         defers it) on first use."""
-        if self._model_id is None:
-            model = self.model
-            with self.pool.connection() as conn:
-                self._model_id = model_registry.register_model(
-                    conn, model.key, model.dim, model.describe(), index=not defer_index,
-                    lock_timeout=self.settings.lock_timeout)
-        return self._model_id
+        with self._registering:   # a Celery worker's two threads register it once
+            if self._model_id is None:
+                model = self.model
+                with self.pool.connection() as conn:
+                    self._model_id = model_registry.register_model(
+                        conn, model.key, model.dim, model.describe(), index=not defer_index,
+                        lock_timeout=self.settings.lock_timeout)
+            return self._model_id
 
     def archive_texts(self, root: str, part: bytes) -> dict[bytes, bytes]:
         """The small JSON members of a listed tar part (member name -> bytes); the last few parts

@@ -262,9 +262,13 @@ def pending_batches(conn: psycopg.Connection, run_id: int) -> list[int]:
 def finish_run_if_complete(conn: psycopg.Connection, run_id: int) -> bool:
     """Sets finished_at once the scan is done and no batch is left queued (each is done, or failed
     for good); the row lock serialises workers. True when this call finished the run (exactly one
-    caller sees True)."""
+    caller sees True).
+
+    NO KEY UPDATE, not UPDATE: every writer of the run already holds a KEY SHARE lock on this row
+    (its locations and failures reference the run), and FOR UPDATE waits for those: two writers
+    finishing batches of one run at once deadlocked there."""
     row = conn.execute(
-        "SELECT enqueued_at, finished_at FROM ingest_runs WHERE id = %s FOR UPDATE", (run_id,)
+        "SELECT enqueued_at, finished_at FROM ingest_runs WHERE id = %s FOR NO KEY UPDATE", (run_id,)
     ).fetchone()
     if row is None or row[0] is None or row[1] is not None:
         return False

@@ -129,7 +129,7 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(settings, redis_url,
 
         def index_built():
             with psycopg.connect(db.url) as conn:
-                return conn.execute("SELECT to_regclass('embeddings_hnsw_model_1')").fetchone()[0]
+                return conn.execute("SELECT to_regclass('embeddings_hnsw_model_' || id) FROM models").fetchone()[0]
 
         wait_for(index_built, 60, "the vector index to be built after the bulk load", log_dir=logs)
     finally:

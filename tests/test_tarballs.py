@@ -31,8 +31,12 @@ def test_a_tgz_takeout_gives_the_rows_of_its_extracted_copy(settings, db, pg_url
     # Part 1 keeps its sidecars before its photos, part 2 after: a tar has no order to rely on.
     L.tar_folder(extracted / PART1, export / f"{PART1}.tgz", json_first=True)
     L.tar_folder(extracted / PART2, export / f"{PART2}.tgz")
+    restarts = tarballs.TarStream.restarts
     result = index(settings, db, export)
     assert result.images_encoded == 11
+    # The sidecars came from the parts' listings: read from the stream, a sidecar before its photo
+    # (part 1) or after it (part 2) would have sent the stream back to the top of its part.
+    assert tarballs.TarStream.restarts == restarts
     other_settings, other_db = second_database(settings, pg_url, f"test_tarballs_{os.getpid()}")
     index(other_settings, other_db, tmp_path / "extracted")
     assert_rows_of_the_extracted_copy(db.url, other_db.url, ".tgz")
