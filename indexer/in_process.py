@@ -86,8 +86,7 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
     if plan.batches:
         _ = rt.model  # load it now, so the progress line measures indexing, not start-up
     progress = Progress(plan.files, out)
-    results = []
-    failed_files = 0
+    answers: list = []   # per batch: its counts, None (done before), or the number of its files if it failed
     alive = ExitStack()
     if plan.defer_index:
         # Other commands see this load going on and leave its index alone; if this process
@@ -99,7 +98,6 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
             # A batch is written on the writer thread while the next one is computed: the model
             # never waits for the database. One write at a time, in order.
             with ThreadPoolExecutor(1, thread_name_prefix="clipdex-write") as writer:
-                answers: list = []     # per batch: its counts, None (done before), or its files if it failed
                 writing: tuple[int, EarlierWrite] | None = None
                 for batch_no in plan.batches:
                     computed = _batch_step(database, plan.run_id, batch_no, compute_batch, rt, plan.run_id,
@@ -113,8 +111,6 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
                         answers.append(computed)
                 if writing is not None:
                     answers.append(_batch_step(database, plan.run_id, writing[0], writing[1].write.result))
-            results = [a for a in answers if isinstance(a, dict)]
-            failed_files = sum(a for a in answers if isinstance(a, int))
         finally:
             if plan.files:
                 progress.finish()
@@ -128,8 +124,9 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
         alive.close()
         if own_runtime:
             rt.close()
+    results = [a for a in answers if isinstance(a, dict)]
     counts = {k: sum(r[k] for r in results) for k in ("images_new", "images_known", "ignored", "failed")}
-    counts["failed"] += failed_files
+    counts["failed"] += sum(a for a in answers if isinstance(a, int))
     return LocalResult(plan, time.perf_counter() - started, rt.images_encoded - before, counts,
                        stage_totals(results))
 
