@@ -25,10 +25,15 @@ class Folded:
     similar: dict[int, int] = field(default_factory=dict)   # shown id -> other copies the filters keep
 
 
+A_COPY = "SELECT look_group FROM images WHERE look_group <> id ORDER BY look_group LIMIT 1"
+
+
 def any_lookalikes(conn: psycopg.Connection) -> bool:
-    """Whether any picture has two copies in the library (a partial index answers at once): a
-    library without any never pays for folding."""
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM images WHERE look_group <> id)").fetchone()[0]
+    """Whether any picture has two copies in the library: a library without any never pays for
+    folding. Asked in the order of the partial index of copies, which answers at once: the planner
+    guesses that nearly every photo passes ``look_group <> id`` and would read the whole table
+    looking for the first (130 ms a search at a million photos, when none does)."""
+    return conn.execute(A_COPY).fetchone() is not None
 
 
 def fold_copies(conn: psycopg.Connection, model_id: int, ids: list[int], filters: Filters,
