@@ -60,6 +60,7 @@ log = logging.getLogger("bench.search")
 REPO = Path(__file__).resolve().parent.parent
 K = 10
 SEED = 0
+GENERATOR = 2      # bumped when bench/synthetic.py draws other vectors: a kept database is not reused
 BUILD_MEMORY = "4GB"              # maintenance_work_mem of the session that builds the index
 BUILD_WORKERS = max(1, min((os.cpu_count() or 2) - 1, 7))
 TARGET_P50_MS = 10.0
@@ -132,7 +133,7 @@ def model_folder(home: Path, dim: int) -> tuple[Path, str]:
 
 
 def build_library(base_url: str, home: Path, n: int, dim: int, model_key: str, keep: bool) -> Library:
-    name = f"bench_search_n{n}_d{dim}_s{SEED}"
+    name = f"bench_search_n{n}_d{dim}_s{SEED}_g{GENERATOR}"
     url = with_database(base_url, name)
     meta_path, centers_path = home / f"{name}.json", home / f"{name}-centers.npy"
     if keep and meta_path.exists() and centers_path.exists():
@@ -214,19 +215,14 @@ def query_vectors(centers: np.ndarray, count: int, seed: int) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
-MODALITY_GAP_SEED = 12345
-
-
 def text_like_vectors(centers: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """Unit vectors drawn as a text tower's outputs are: far from every image (cosine about 0.3
-    to the best match, 0.27 to the 10th, about 0 to most), most of their length along one
-    direction no image has (CLIP's modality gap, the same for every query), the rest towards a
-    random moment."""
+    """Unit vectors drawn as a text tower's outputs are: far from every image (cosine about 0.28
+    to the best match, 0.26 to the 10th, about 0 to most), most of their length along the
+    modality gap (synthetic.modality_gap: the same for every query, a direction the photos do not
+    vary along), the rest towards a random moment, with noise of half its length."""
     rng = np.random.default_rng(seed)
     dim = centers.shape[1]
-    gap = np.random.default_rng(MODALITY_GAP_SEED).normal(size=dim)
-    gap /= np.linalg.norm(gap)
-    q = (0.3 * centers[rng.integers(0, len(centers), count)] + 0.9 * gap
+    q = (0.3 * centers[rng.integers(0, len(centers), count)] + 0.9 * synthetic.modality_gap(dim)
          + rng.normal(scale=0.02, size=(count, dim)))
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 

@@ -46,13 +46,29 @@ class Synthetic:
     centers: np.ndarray
 
 
+MODALITY_GAP_SEED = 12345
+
+
+def modality_gap(dim: int) -> np.ndarray:
+    """The unit direction that separates a text tower's outputs from every image (CLIP's
+    modality gap): the same for every query, and one along which the photos do not vary. In CLIP
+    the gap sits in a few dimensions that are nearly constant within each modality, so adding it
+    to a query shifts every photo's cosine alike and leaves the ranking to the rest of the query."""
+    gap = np.random.default_rng(MODALITY_GAP_SEED).normal(size=dim)
+    return gap / np.linalg.norm(gap)
+
+
 def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Three levels, like a photo library: topics (clusters), scenes within a topic (25 each,
     cosine about 0.8 to their topic), moments within a scene (bursts of about ten photos, cosine
     about 0.95 to the scene) and the photos of a moment (cosine about 0.95 to it). The number of
     moments grows with n, so a query's nearest neighbours stay a handful of photos at any size
-    instead of hundreds of near-ties. Returns the vectors and the moments (to aim queries at)."""
+    instead of hundreds of near-ties. Every vector is orthogonal to modality_gap(dim). Returns
+    the vectors and the moments (to aim queries at)."""
+    gap = modality_gap(dim)
+
     def unit(x: np.ndarray) -> np.ndarray:
+        x = x - np.outer(x @ gap, gap)
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     topics = unit(rng.normal(size=(clusters, dim)))
@@ -62,7 +78,6 @@ def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator)
     labels = rng.integers(0, len(moments), n)
     vectors = unit(moments[labels] + rng.normal(scale=0.33 / np.sqrt(dim), size=(n, dim)))
     return vectors.astype(np.float16).astype(np.float32), moments
-
 
 def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, clusters: int = 200,
            model_key: str = "synthetic", build_index: bool = True, vectors: np.ndarray | None = None) -> Synthetic:
