@@ -51,9 +51,9 @@ MODALITY_GAP_SEED = 12345
 
 def modality_gap(dim: int) -> np.ndarray:
     """The unit direction that separates a text tower's outputs from every image (CLIP's
-    modality gap): the same for every query, and one along which the photos do not vary. In CLIP
-    the gap sits in a few dimensions that are nearly constant within each modality, so adding it
-    to a query shifts every photo's cosine alike and leaves the ranking to the rest of the query."""
+    modality gap): the same for every query, and orthogonal to every photo, as the gap is found
+    to be (arXiv 2603.29080; driven by a few dimensions, arXiv 2404.07983). Added to a query, it
+    shifts every photo's cosine alike and leaves the ranking to the rest of the query."""
     gap = np.random.default_rng(MODALITY_GAP_SEED).normal(size=dim)
     return gap / np.linalg.norm(gap)
 
