@@ -266,3 +266,22 @@ def test_a_running_run_shows_its_progress(settings, db, tmp_path):
     assert page.count("<tr><td>") == 1                     # one source seen: one row
     run = create_app(settings).test_client().get(f"/status/{plan.run_id}")
     assert run.status_code == 200 and "Failures" in run.get_data(as_text=True)
+
+
+def test_the_filter_panel_offers_exactly_what_the_library_holds(client, library):
+    """Each list against a plain query of its own (the panel reads the photos in one pass)."""
+    _settings, db, _root = library
+    body = client.get("/api/filters").get_json()
+    with psycopg.connect(db.url) as conn:
+        def column(sql: str) -> list:
+            return [r[0] for r in conn.execute(sql)]
+
+        assert body["sources"] == column("SELECT DISTINCT source FROM locations ORDER BY 1")
+        assert body["formats"] == column("SELECT DISTINCT format FROM images ORDER BY 1")
+        for key, name in (("camera_makes", "camera_make"), ("camera_models", "camera_model")):
+            assert body[key] == column(f"SELECT {name} FROM images WHERE {name} IS NOT NULL "
+                                       f"GROUP BY 1 ORDER BY count(*) DESC, 1")
+        assert body["images"] == conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        first, last = conn.execute("SELECT min(taken_at), max(taken_at) FROM images").fetchone()
+    assert (body["taken_from"], body["taken_to"]) == (first.date().isoformat(), last.date().isoformat())
+    assert len(body["sources"]) == 3 and len(body["formats"]) >= 3 and body["camera_makes"]

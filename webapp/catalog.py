@@ -16,6 +16,7 @@ from clipdex.archives import split_shown
 from clipdex.files import FileRefused, open_regular, read_capped
 from clipdex.roots import RootError, absolute, known_roots, local_root
 from clipdex.search.errors import Conflict, NotFound
+from clipdex.vocabulary import IMAGE_FORMATS, SOURCE_KINDS
 
 
 def _archive_member(relpath: str) -> dict[str, str]:
@@ -148,24 +149,39 @@ def open_original(settings: Settings, conn: psycopg.Connection, image_id: int) -
 
 def facets(conn: psycopg.Connection, limit: int = 200) -> dict[str, Any]:
     """What the filter panel can offer: sources, albums, formats, cameras, the date range and the
-    models searches can ask for (the default first)."""
+    models searches can ask for (the default first).
+
+    Every page load asks, so it reads the photos once: the few sources and formats are each
+    looked up in their index, the cameras and the count come from one pass (grouping sets), the
+    dates from the date index. Separate scans took about half a second at a million photos."""
     first, last = conn.execute("SELECT min(taken_at), max(taken_at) FROM images").fetchone()
+    makes: list[tuple[int, str]] = []
+    models: list[tuple[int, str]] = []
+    images = 0
+    for make, model, count, by_make, by_model in conn.execute(
+            "SELECT camera_make, camera_model, count(*), GROUPING(camera_make) = 0, GROUPING(camera_model) = 0 "
+            "FROM images GROUP BY GROUPING SETS ((camera_make), (camera_model), ())"):
+        if by_make and make is not None:
+            makes.append((-count, make))
+        elif by_model and model is not None:
+            models.append((-count, model))
+        elif not by_make and not by_model:
+            images = count
+    present = "SELECT v FROM unnest(%s::text[]) v WHERE EXISTS (SELECT 1 FROM {table} WHERE {column} = v) ORDER BY v"
     return {
         "models": [{"name": name, "default": active, "multilingual": bool(multilingual)}
                    for name, active, multilingual in conn.execute(
                        "SELECT name, active, (spec->>'multilingual')::boolean FROM models ORDER BY active DESC, id")],
-        "sources": [r[0] for r in conn.execute("SELECT DISTINCT source FROM locations ORDER BY 1")],
+        "sources": [r[0] for r in conn.execute(present.format(table="locations", column="source"),
+                                               (list(SOURCE_KINDS),))],
         "albums": [r[0] for r in conn.execute(
             "SELECT album FROM locations WHERE album IS NOT NULL GROUP BY album "
             "ORDER BY count(*) DESC, album LIMIT %s", (limit,))],
-        "formats": [r[0] for r in conn.execute("SELECT DISTINCT format FROM images ORDER BY 1")],
-        "camera_makes": [r[0] for r in conn.execute(
-            "SELECT camera_make FROM images WHERE camera_make IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC "
-            "LIMIT %s", (limit,))],
-        "camera_models": [r[0] for r in conn.execute(
-            "SELECT camera_model FROM images WHERE camera_model IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC "
-            "LIMIT %s", (limit,))],
+        "formats": [r[0] for r in conn.execute(present.format(table="images", column="format"),
+                                               (list(IMAGE_FORMATS),))],
+        "camera_makes": [make for _, make in sorted(makes)[:limit]],
+        "camera_models": [model for _, model in sorted(models)[:limit]],
         "taken_from": first.date().isoformat() if first else None,
         "taken_to": last.date().isoformat() if last else None,
-        "images": conn.execute("SELECT count(*) FROM images").fetchone()[0],
+        "images": images,
     }
