@@ -79,6 +79,7 @@ def clustered_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator)
     vectors = unit(moments[labels] + rng.normal(scale=0.33 / np.sqrt(dim), size=(n, dim)))
     return vectors.astype(np.float16).astype(np.float32), moments
 
+
 def create(conn: psycopg.Connection, n: int, dim: int = 512, *, seed: int = 0, clusters: int = 200,
            model_key: str = "synthetic", build_index: bool = True, vectors: np.ndarray | None = None) -> Synthetic:
     """Inserts n images with vectors under `model_key` (binary COPY), then builds the HNSW index.

@@ -280,7 +280,7 @@ def test_the_filter_panel_offers_exactly_what_the_library_holds(client, library)
         assert body["formats"] == column("SELECT DISTINCT format FROM images ORDER BY 1")
         for key, name in (("camera_makes", "camera_make"), ("camera_models", "camera_model")):
             assert body[key] == column(f"SELECT {name} FROM images WHERE {name} IS NOT NULL "
-                                       f"GROUP BY 1 ORDER BY count(*) DESC, 1")
+                                       f"GROUP BY 1 ORDER BY count(*) DESC, {name} COLLATE \"C\"")
         assert body["images"] == conn.execute("SELECT count(*) FROM images").fetchone()[0]
         first, last = conn.execute("SELECT min(taken_at), max(taken_at) FROM images").fetchone()
     assert (body["taken_from"], body["taken_to"]) == (first.date().isoformat(), last.date().isoformat())
