@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import click
@@ -138,15 +139,25 @@ def db_psql(ctx: click.Context, psql_args: tuple[str, ...]) -> None:
 
 
 @db.command("index")
+@click.option("--cells", is_flag=True,
+              help="Split every model's vectors into cells again, whatever their number, and build one graph "
+                   "per cell (searches sort exactly until they are built).")
 @click.pass_context
-def db_index(ctx: click.Context) -> None:
+def db_index(ctx: click.Context, cells: bool) -> None:
     """Build any missing per-model vector index (e.g. after an interrupted bulk load)."""
     from clipdex import model_registry
     from clipdex.database import open_database
 
     settings = settings_of(ctx)
-    with open_database(settings).connect(autocommit=True) as conn:
-        built = model_registry.build_missing_indexes(conn, settings.lock_timeout)
+    with open_database(settings, repair_indexes=not cells).connect(autocommit=True) as conn:
+        if cells:
+            for model_id, name in conn.execute("SELECT m.id, m.name FROM models m WHERE EXISTS "
+                                               "(SELECT 1 FROM embeddings e WHERE e.model_id = m.id) ORDER BY m.id").fetchall():
+                started = time.perf_counter()
+                index = model_registry.split_into_cells(conn, model_id, settings.lock_timeout)
+                click.echo(f"{printable(name)}: {index} built in {time.perf_counter() - started:.1f} s")
+            return
+        built = model_registry.build_missing_indexes(conn, settings.lock_timeout, settings.cells_from)
     if not built:
         click.echo("no model has vectors yet: nothing to index")
     for name, index, seconds in built:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from clipdex.vocabulary import EF_SEARCH
+from clipdex.vocabulary import CELLS_FROM, EF_SEARCH
 
 
 class ConfigError(ValueError):
@@ -202,6 +202,13 @@ class Settings:
         "builds the model's HNSW index once at its end instead of updating it image by image.",
         _parse_int("CLIPDEX_DEFER_INDEX_FILES", 1),
     )
+    cells_from: int = _setting(
+        "CLIPDEX_CELLS_FROM", CELLS_FROM,
+        "A model with at least this many vectors keeps one HNSW graph per k-means cell of its vectors "
+        "(about 62,500 each) instead of one graph, drawn when its index is built after a bulk load or by "
+        "`clipdex db index --cells`; a search walks the 4 cells nearest the query (BENCHMARKS.md §4).",
+        _parse_int("CLIPDEX_CELLS_FROM", 1),
+    )
     forget_missing: bool = _setting(
         "CLIPDEX_FORGET_MISSING", True,
         "A run forgets the files indexed under the folder it scans that are no longer there (a photo "
@@ -249,8 +256,8 @@ class Settings:
     ef_search: int = _setting(
         "CLIPDEX_EF_SEARCH", EF_SEARCH,
         "The least HNSW candidate list per search: higher finds more of the true nearest photos, "
-        "slower. It grows with the library as x(N/100k)^0.7, up to 1000 (pgvector's limit) from about a "
-        "million photos; 200 gives recall@10 0.995 at 100k (BENCHMARKS.md).",
+        "slower. It grows with the graph walked (the model's, or a cell's) as x(N/100k)^0.7, up to 1000 "
+        "(pgvector's limit) from about a million vectors; 200 gives recall@10 0.995 at 100k (BENCHMARKS.md).",
         _parse_int("CLIPDEX_EF_SEARCH", 10),
     )
     strictness: float = _setting(

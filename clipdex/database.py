@@ -244,5 +244,5 @@ def open_database(settings: Settings, *, migrate: bool | None = None, repair_ind
         from clipdex.model_registry import repair_missing_indexes
 
         with connect(url, autocommit=True, register=False) as conn:
-            repair_missing_indexes(conn, settings.lock_timeout, say=log.warning)
+            repair_missing_indexes(conn, settings.lock_timeout, say=log.warning, cells_from=settings.cells_from)
     return Database(url=url, info=info)

@@ -87,11 +87,30 @@ def register_model(conn: psycopg.Connection, key: str, dim: int, spec: dict[str,
 def drop_vector_index(conn: psycopg.Connection, model_id: int) -> None:
     """Before a bulk load: building the HNSW index once at the end is several times faster than
     inserting into it row by row (searches meanwhile sort exactly: slower, still right)."""
-    conn.execute(f"DROP INDEX IF EXISTS embeddings_hnsw_model_{int(model_id)}")
+    conn.execute("SELECT clipdex_drop_vector_index(%s::smallint)", (model_id,))
 
 
-def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30) -> str:
+def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30,
+                       cells_from: int | None = None) -> str:
+    """Builds what is missing of the model's HNSW index; returns its name. With ``cells_from``, a
+    model of that many vectors and no index is first split into cells (clipdex.vector_cells)."""
+    from clipdex import vector_cells
+
     with waiting_at_most(conn, lock_timeout, f"cannot build the vector index of model {model_id}"):
+        if cells_from is not None and (cells := vector_cells.due(conn, model_id, cells_from)):
+            vector_cells.draw(conn, model_id, cells)
+        return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
+
+
+def split_into_cells(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30) -> str:
+    """Draws the model's cells again, whatever its size, and builds their graphs (`clipdex db index
+    --cells`): its index is dropped first, so searches sort exactly until the graphs are built."""
+    from clipdex import vector_cells
+
+    with waiting_at_most(conn, lock_timeout, f"cannot split the vectors of model {model_id} into cells"):
+        drop_vector_index(conn, model_id)
+        vectors = conn.execute("SELECT count(*) FROM embeddings WHERE model_id = %s", (model_id,)).fetchone()[0]
+        vector_cells.draw(conn, model_id, vector_cells.cells_for(vectors))
         return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
 
 
@@ -106,16 +125,15 @@ def model_id(conn: psycopg.Connection, key: str) -> int | None:
     return row[0] if row else None
 
 
-def build_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30
+def build_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30, cells_from: int | None = None
                           ) -> list[tuple[str, str, float | None]]:
     """(model name, index name, seconds it took to build, or None if it was there) for every model
     (after an interrupted bulk load, some may be missing)."""
     out = []
     for model_id, name in conn.execute("SELECT id, name FROM models ORDER BY id").fetchall():
-        existed = conn.execute("SELECT to_regclass(format('embeddings_hnsw_model_%%s', %s::int)) IS NOT NULL",
-                               (model_id,)).fetchone()[0]
+        existed = not conn.execute("SELECT clipdex_vector_index_missing(%s::smallint)", (model_id,)).fetchone()[0]
         started = time.perf_counter()
-        index = build_vector_index(conn, model_id, lock_timeout)
+        index = build_vector_index(conn, model_id, lock_timeout, cells_from)
         out.append((name, index, None if existed else time.perf_counter() - started))
     return out
 
@@ -155,21 +173,21 @@ def bulk_load_going_on(conn: psycopg.Connection, model_name: str) -> int | None:
 
 
 def repair_missing_indexes(conn: psycopg.Connection, lock_timeout: float = 30,
-                           say=None) -> list[tuple[str, float]]:
+                           say=None, cells_from: int | None = None) -> list[tuple[str, float]]:
     """Builds the HNSW index of every model that has vectors but lost its index to an interrupted
     bulk load (a crash, Ctrl-C, a killed worker), unless that load is still going on: called by the
     commands that search, so a library is never left without its index past the next command.
     Returns (model name, seconds) of what it built; ``say(text)`` hears about it first."""
     built = []
     for model_id, name in conn.execute(
-            "SELECT m.id, m.name FROM models m WHERE to_regclass('embeddings_hnsw_model_' || m.id) IS NULL "
+            "SELECT m.id, m.name FROM models m WHERE clipdex_vector_index_missing(m.id) "
             "AND EXISTS (SELECT 1 FROM embeddings e WHERE e.model_id = m.id) ORDER BY m.id").fetchall():
         if bulk_load_going_on(conn, name) is not None:
             continue
         if say is not None:
             say(f"the vector index of {name} is missing (an interrupted bulk load); building it now")
         started = time.perf_counter()
-        build_vector_index(conn, model_id, lock_timeout)
+        build_vector_index(conn, model_id, lock_timeout, cells_from)
         built.append((name, time.perf_counter() - started))
     return built
 

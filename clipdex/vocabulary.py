@@ -45,3 +45,7 @@ FAILURE_STAGES = ("read", "decode", "metadata", "embed", "write", "batch", "ocr"
 # sessions get) and the bound on an iterative index scan (per search, and for psql).
 EF_SEARCH = 200
 MAX_SCAN_TUPLES = 200_000
+# A model split into vector cells (clipdex.vector_cells): the cells a search walks, nearest first
+# (migration 0015's clipdex_walk_sql default), and the vectors from which a model is split.
+CELL_PROBES = 4
+CELLS_FROM = 500_000

@@ -118,7 +118,7 @@ def index_planned(settings: Settings, database: Database, plan: RunPlan, *, out:
             if out is not None:
                 out.write("building the vector index once for the whole run…\n")
             with database.connect(autocommit=True) as conn:
-                model_registry.build_vector_index(conn, rt.model_id(), settings.lock_timeout)
+                model_registry.build_vector_index(conn, rt.model_id(), settings.lock_timeout, settings.cells_from)
         _group_lookalikes(database, out)
     finally:
         alive.close()

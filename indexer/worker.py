@@ -250,4 +250,4 @@ def _register_tasks(app: Celery) -> None:
 
         settings = app.conf.clipdex_settings
         with open_database(settings, repair_indexes=False).connect(autocommit=True) as conn:
-            return model_registry.build_vector_index(conn, model_id, settings.lock_timeout)
+            return model_registry.build_vector_index(conn, model_id, settings.lock_timeout, settings.cells_from)

@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector
 
+from clipdex import vector_cells
 from clipdex.search.filters import Filters
 from clipdex.search.query_vector import as_halfvec
 from clipdex.vocabulary import EF_SEARCH, MAX_SCAN_TUPLES
@@ -20,6 +21,8 @@ EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_s
 EXACT_SCAN_MAX_ROWS = 20_000
 COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
+SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this …
+SELECTIVE_EF_FACTOR = 2       # … walks the cells with this many times the candidate list
 
 
 def _filtered_ids(conn: psycopg.Connection, where: str, params: list, cap: int) -> list[int]:
@@ -89,29 +92,66 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         # far more rows goes straight to the index (if it keeps fewer after all, the index scan
         # comes back short and the exact sort below answers).
         vector = as_halfvec(query)
-        if filters.active and estimated_rows(conn, where, params) <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
+        estimate = estimated_rows(conn, where, params) if filters.active else total
+        if filters.active and estimate <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
             ids = _filtered_ids(conn, where, params, exact_max_rows + 1)
             filtered = len(ids)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 rows = _ranked(conn, model_id, None, vector, "e.image_id = ANY(%s)", [ids], limit, after,
                                iterative, ef_search, join=False) if ids else []
                 return rows, "exact", filtered
-        rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative,
-                       ef_search_for(total, ef_search))
+        cells, cell_count = vector_cells.near(conn, model_id, vector)
+        ef = ef_search_for(total / max(1, cell_count), ef_search)
+        if cells and estimate < SELECTIVE_SHARE * total:
+            # A selective filter keeps few of the nearest candidates, and the walk of a cell of many
+            # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
+            # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
+            ef = min(EF_SEARCH_MAX, SELECTIVE_EF_FACTOR * ef)
+        rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative, ef, cells=cells)
+        if cells and len(rows) == limit:
+            missed = _missed_by_the_walk(conn, model_id, vector, where, params, after, rows)
+            if missed is not None:   # the walk got lost: again, wider, through the missed photo's cell too
+                rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative,
+                               EF_SEARCH_MAX, cells=list(dict.fromkeys(cells + [missed])))
         if len(rows) < limit:
-            # Short: the scan bound was reached, or pgvector 0.7 has no iterative scan. Only an
-            # exact sort can say whether more rows exist, and it gives them in the right order.
+            # Short: the scan bound was reached, the nearest cells hold too few of the filtered
+            # photos, or pgvector 0.7 has no iterative scan. Only an exact sort can say whether
+            # more rows exist, and it gives them in the right order.
             exact = _ranked(conn, model_id, None, vector, where, params, limit, after, iterative, ef_search)
             return exact, "exact", filtered
         return rows, "hnsw", filtered
 
 
+def _missed_by_the_walk(conn: psycopg.Connection, model_id: int, query: HalfVector, where: str, params: list,
+                        after: tuple[float, int] | None, rows: list[tuple[int, float]]) -> int | None:
+    """The cell of a photo the page should hold and does not, if the model's score sample
+    (``score_samples``, 2,000 photos) has one: it passes the filters, comes after the cursor and
+    before the page's last row. Such a photo proves the graph walk lost its way (in a cell of many
+    distinct subjects a walk can end in the wrong one); None when the sample shows nothing wrong.
+    It costs one distance per sample photo (about 1 ms)."""
+    distance = "s.embedding <=> %s::halfvec"
+    keyset, keyset_params = "", []
+    if after is not None:
+        keyset, keyset_params = f" AND ({distance}, s.image_id) > (%s, %s)", [query, after[0], after[1]]
+    row = conn.execute(
+        f"SELECT (SELECT e.cell FROM embeddings e WHERE e.image_id = w.image_id AND e.model_id = {int(model_id)}) "
+        f"FROM (SELECT s.image_id FROM score_samples s JOIN images i ON i.id = s.image_id "
+        f"WHERE s.model_id = {int(model_id)} AND {where}{keyset} AND ({distance}, s.image_id) < (%s, %s) "
+        f"AND s.image_id <> ALL(%s) ORDER BY {distance}, s.image_id LIMIT 1) w",
+        [*params, *keyset_params, query, rows[-1][1], rows[-1][0], [r[0] for r in rows], query]).fetchone()
+    return None if row is None else row[0]
+
+
 def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, query: HalfVector, where: str,
             params: list, limit: int, after: tuple[float, int] | None, iterative: bool,
-            ef_search: int, *, join: bool = True) -> list[tuple[int, float]]:
+            ef_search: int, *, join: bool = True, cells: list[int] = ()) -> list[tuple[int, float]]:
     """One ranking query. With ``index_dim`` the distance is written exactly as the model's HNSW
     index expression (``embedding::halfvec(dim)``, model_id constant) so the planner can use it;
     without, the plain expression matches no index and the filtered rows are sorted exactly.
+    With ``cells``, the graphs of those cells are walked and merged by distance, each read only as
+    far as the page needs: a LIMIT in each (the scan bound, never reached) makes the planner walk
+    the cell's index lazily; ordering each by id too, or a LIMIT of the page size, would make
+    every cell fill a page of its own (4 times the rows under a selective filter).
     ``join=False``: ``where`` is over the vectors ``e`` alone (a list of ids)."""
     if index_dim is None:
         distance = "e.embedding <=> %s::halfvec"
@@ -122,14 +162,21 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
         keyset = f" AND ({distance}, e.image_id) > (%s, %s)"
         keyset_params = [query, after[0], after[1]]
     source = "embeddings e JOIN images i ON i.id = e.image_id" if join else "embeddings e"
-    sql = (f"SELECT e.image_id, {distance} AS distance FROM {source} "
-           f"WHERE e.model_id = {int(model_id)} AND {where}{keyset} ORDER BY distance, e.image_id LIMIT %s")
+    rows = f"SELECT e.image_id, {distance} AS distance FROM {source} WHERE e.model_id = {int(model_id)}"
+    sql = f"{rows} AND {where}{keyset} ORDER BY distance, e.image_id LIMIT %s"
+    args = [query, *params, *keyset_params, limit]
+    if index_dim is not None and cells:
+        sql = ("SELECT u.image_id, u.distance FROM ("
+               + " UNION ALL ".join(f"({rows} AND e.cell = {int(c)} AND {where}{keyset} "
+                                    f"ORDER BY distance LIMIT {MAX_SCAN_TUPLES})" for c in cells)
+               + ") u ORDER BY u.distance, u.image_id LIMIT %s")
+        args = [query, *params, *keyset_params] * len(cells) + [limit]
     if index_dim is not None:
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(ef_search, min(EF_SEARCH_MAX, 2 * limit)))}")
         if iterative:
             conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
             conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
-    return [tuple(r) for r in conn.execute(sql, [query, *params, *keyset_params, limit])]
+    return [tuple(r) for r in conn.execute(sql, args)]
 
 
 DATE_ORDERS = ("newest", "oldest")
