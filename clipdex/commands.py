@@ -397,7 +397,8 @@ def models_cmd(ctx: click.Context, as_json: bool) -> None:
     from clipdex import model_registry
     from clipdex.database import open_database
 
-    with open_database(settings_of(ctx)).connect() as conn:
+    settings = settings_of(ctx)
+    with open_database(settings).connect() as conn:
         models = model_registry.models_with_coverage(conn)
     if as_json:
         for model in models:
@@ -411,6 +412,11 @@ def models_cmd(ctx: click.Context, as_json: bool) -> None:
                    + (f"  ({flags})" if flags else ""))
         for source, (embedded, photos) in model.sources.items():
             click.echo(f"  {source:8} {embedded} of {photos}")
+        if model.cells:
+            click.echo(f"  index: one HNSW graph per cell, {model.cells} cells")
+        elif model.images >= settings.cells_from:
+            click.echo(f"  index: one HNSW graph for {model.images} vectors; `clipdex db index --cells` splits it "
+                       "into cells (searches find more, sooner: BENCHMARKS.md §4)")
 
 
 def _photos(count: int) -> str:

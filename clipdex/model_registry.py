@@ -211,6 +211,7 @@ class ModelCoverage:
     images: int                 # photos with a vector of this model
     total: int                  # photos in the library
     sources: dict[str, tuple[int, int]] = field(default_factory=dict)   # source -> (embedded, photos)
+    cells: int = 0              # k-means cells of its vectors, one HNSW graph each (0: one graph)
 
     @property
     def multilingual(self) -> bool:
@@ -222,7 +223,7 @@ class ModelCoverage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dim": self.dim, "default": self.default, "multilingual": self.multilingual,
-                "images": self.images, "total": self.total, "complete": self.complete,
+                "images": self.images, "total": self.total, "complete": self.complete, "cells": self.cells,
                 "sources": {k: {"images": a, "total": b} for k, (a, b) in self.sources.items()},
                 "open_clip": {"name": self.spec.get("name"), "pretrained": self.spec.get("pretrained")}}
 
@@ -233,11 +234,12 @@ def models_with_coverage(conn: psycopg.Connection, *, per_source: bool = True,
     reads every vector: for commands, not for searches."""
     total = conn.execute("SELECT count(*) FROM images").fetchone()[0]
     out = []
-    for model_id, name, dim, spec, active, images in conn.execute(
-            "SELECT m.id, m.name, m.dim, m.spec, m.active, (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id) "
+    for model_id, name, dim, spec, active, images, cells in conn.execute(
+            "SELECT m.id, m.name, m.dim, m.spec, m.active, (SELECT count(*) FROM embeddings e WHERE e.model_id = m.id), "
+            "(SELECT count(*) FROM vector_cells v WHERE v.model_id = m.id) "
             "FROM models m WHERE %(only)s::text IS NULL OR m.name = %(only)s ORDER BY m.active DESC, m.id",
             {"only": only}).fetchall():
-        coverage = ModelCoverage(model_id, name, dim, spec or {}, active, images, total)
+        coverage = ModelCoverage(model_id, name, dim, spec or {}, active, images, total, cells=cells)
         if per_source:
             coverage.sources = {source: (embedded, photos) for source, photos, embedded in conn.execute(
                 "SELECT l.source, count(DISTINCT l.image_id), count(DISTINCT l.image_id) FILTER (WHERE EXISTS "

@@ -275,13 +275,18 @@ def test_the_downgrade_gives_a_split_model_its_one_graph_back(pg_url, template_u
 
 
 def test_a_bulk_load_past_cells_from_ends_with_its_model_in_cells(settings, db, tmp_path):
-    """Through the indexer: a bulk load of a model past CLIPDEX_CELLS_FROM ends with cells and a
-    graph per cell; its photos find themselves; `clipdex db index --cells` splits it again."""
+    """Through the indexer: a model past CLIPDEX_CELLS_FROM with its one graph is told how to
+    split it; a bulk load ends with cells and a graph per cell; its photos find themselves;
+    `clipdex db index --cells` splits it again."""
     from indexer.in_process import index_folder
     from tests import libraries as L
     from tests.conftest import run_cli
 
-    bulk = settings.replace(defer_index_files=5, cells_from=10)
+    bulk = settings.replace(defer_index_files=5, cells_from=2)
+    for i in range(3):
+        L.write(tmp_path / "lib" / "first" / f"{i}.png", L.png(690 + i))
+    assert not index_folder(bulk, db, tmp_path / "lib", out=None).plan.defer_index   # 3 files: one graph
+    assert "`clipdex db index --cells` splits it" in run_cli("models", env=bulk.to_environ()).stdout
     for i in range(12):
         L.write(tmp_path / "lib" / f"{i}.png", L.png(700 + i))
     run = index_folder(bulk, db, tmp_path / "lib", out=None)
@@ -297,3 +302,5 @@ def test_a_bulk_load_past_cells_from_ends_with_its_model_in_cells(settings, db, 
     assert first["id"] == image_id
     out = run_cli("db", "index", "--cells", env=bulk.to_environ()).stdout
     assert f"embeddings_hnsw_model_{model_id}_cell_* ({vector_cells.CELLS_MIN} cells) built in" in out
+    listed = json.loads(run_cli("models", "--json", env=bulk.to_environ()).stdout.splitlines()[0])
+    assert listed["cells"] == vector_cells.CELLS_MIN and listed["images"] == 15
