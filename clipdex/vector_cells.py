@@ -2,9 +2,10 @@
 and a search walks the graphs of the few cells nearest the query (migration 0015).
 
 Why: at a million photos one graph loses some queries outright (a walk that enters the wrong
-region has no road back; recall@10 0.91-0.95 at pgvector's largest ef_search, 12-40 ms), while
-sixteen graphs of about 60,000 vectors, four of them walked at ef_search 200, found the true ten
-of every query measured in 7-8 ms, and built faster (BENCHMARKS.md §4).
+region has no road back; recall@10 0.91-0.97 at pgvector's largest ef_search, 12-41 ms). Sixteen
+graphs of about 62,500 vectors, four of them walked per query (clipdex.search.plan), gave recall@10
+1.00 unfiltered at p50 10-12 ms and 0.95-0.99 under filters, and built in 213 s instead of 359
+(BENCHMARKS.md §4).
 
 The centres are drawn (spherical k-means on a sample) only while the model has no HNSW index at
 all, that is when its index is built after a bulk load or rebuilt on request: giving every vector
@@ -24,7 +25,7 @@ CELL_VECTORS = 62_500        # about this many vectors per cell (16 cells at a m
 CELLS_MIN = 2 * CELL_PROBES  # fewer cells than this would walk half the library or more
 CELLS_MAX = 64
 REDRAW_GROWTH = 2            # centres are drawn again when the model has grown this many times since
-SAMPLE_VECTORS = 50_000      # k-means on this many vectors (1.3 s at 512 dimensions on 2 cores)
+SAMPLE_VECTORS = 50_000      # k-means on this many vectors (a few seconds at 512 dimensions on 2 cores)
 KMEANS_ROUNDS = 25
 SEED = 20261204
 
