@@ -205,11 +205,11 @@ def _rows(base_url: str, name: str, model_id: int) -> int | None:
 def sizes(conn, model_id: int) -> dict[str, float]:
     mib = 2.0 ** 20
     row = conn.execute(
-        "WITH hnsw AS (SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::bigint AS size FROM pg_class c WHERE c.relkind = 'i' "
-        "  AND c.relname ~ ('^embeddings_hnsw_model_' || %s::int || '(_cell_[0-9]+)?$')) "
+        "WITH hnsw AS (SELECT coalesce(sum(pg_relation_size(c.oid)), 0)::bigint AS size FROM pg_class c "
+        "  WHERE c.relkind = 'i' AND c.relname ~ %s) "
         "SELECT hnsw.size, pg_table_size('embeddings'), pg_table_size('images'), "
         "pg_indexes_size('images') + pg_indexes_size('embeddings') - hnsw.size FROM hnsw",
-        (model_id,)).fetchone()
+        (vector_cells.index_names(model_id),)).fetchone()
     return {"index": row[0] / mib, "embeddings": row[1] / mib, "images": row[2] / mib, "btrees": row[3] / mib}
 
 

@@ -35,11 +35,17 @@ def cells_for(vectors: int) -> int:
     return int(min(CELLS_MAX, max(CELLS_MIN, round(vectors / CELL_VECTORS))))
 
 
+def index_names(model_id: int) -> str:
+    """A regular expression for the names of the model's HNSW indexes: its one graph, or its cells'
+    (as migration 0015's clipdex_ensure_vector_index names them)."""
+    return f"^embeddings_hnsw_model_{int(model_id)}(_cell_[0-9]+)?$"
+
+
 def has_any_index(conn: psycopg.Connection, model_id: int) -> bool:
     """Whether any HNSW index of the model exists (its one graph, or any cell's)."""
     return conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_class c WHERE c.relkind = 'i' AND c.relnamespace = 'public'::regnamespace "
-        "AND c.relname ~ ('^embeddings_hnsw_model_' || %s::int || '(_cell_[0-9]+)?$'))", (model_id,)).fetchone()[0]
+        "AND c.relname ~ %s)", (index_names(model_id),)).fetchone()[0]
 
 
 def due(conn: psycopg.Connection, model_id: int, cells_from: int) -> int:
@@ -109,11 +115,14 @@ def draw(conn: psycopg.Connection, model_id: int, cells: int) -> int:
     return given
 
 
-def near(conn: psycopg.Connection, model_id: int, query, probes: int = CELL_PROBES) -> tuple[list[int], int]:
-    """The ``probes`` cells of the model nearest ``query`` (a halfvec), nearest first, and how many
-    cells it has; ([], 0) for a model without cells."""
-    cells, count = conn.execute(
-        "SELECT clipdex_cells_near(%s::smallint, %s::halfvec, %s)::int[], "
+def route(conn: psycopg.Connection, model_id: int, query, probes: int = CELL_PROBES) -> tuple[float, list[int], int]:
+    """What a search needs to choose its walk, in one round trip (every search makes it): the
+    vectors stored (all models, as the planner last counted them), the ``probes`` cells of the
+    model nearest ``query`` (a halfvec), nearest first, and how many cells it has ([] and 0 for a
+    model without cells)."""
+    total, cells, count = conn.execute(
+        "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass), "
+        "clipdex_cells_near(%s::smallint, %s::halfvec, %s)::int[], "
         "(SELECT count(*) FROM vector_cells v WHERE v.model_id = %s)",
         (model_id, query, probes, model_id)).fetchone()
-    return list(cells), int(count)
+    return max(1.0, total), list(cells), int(count)

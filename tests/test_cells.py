@@ -147,7 +147,7 @@ def test_the_search_walks_only_the_graphs_of_the_nearest_cells(cconn):
     db, conn, data = cconn
     query = query_near(data, 17)
     cells = nearest_cells(conn, data.model_id, query)
-    assert vector_cells.near(conn, data.model_id, HalfVector(query)) == (cells, vector_cells.CELLS_MIN)
+    assert vector_cells.route(conn, data.model_id, HalfVector(query))[1:] == (cells, vector_cells.CELLS_MIN)
     walk = conn.execute("SELECT clipdex_walk_sql(%s::smallint, %s::halfvec)", (data.model_id, HalfVector(query))).fetchone()[0]
     plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + walk.replace("$1", "%s").replace("$2", "10"),
                                                 (HalfVector(query),) * 4))

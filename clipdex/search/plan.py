@@ -44,11 +44,6 @@ def image_rows(conn: psycopg.Connection) -> float:
     return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'images'::regclass").fetchone()[0])
 
 
-def table_rows(conn: psycopg.Connection) -> float:
-    """The vectors stored (all models), as the planner last counted them."""
-    return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass").fetchone()[0])
-
-
 def exact_scan_limit(total: float, limit: int) -> int:
     """How many filtered rows an exact sort may take before the index is cheaper.
 
@@ -85,13 +80,13 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         # searches use the cores anyway.
         conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL max_parallel_workers_per_gather = 0")
         filtered = None
-        total = table_rows(conn)
+        vector = as_halfvec(query)
+        total, cells, cell_count = vector_cells.route(conn, model_id, vector)
         if exact_max_rows is None:
             exact_max_rows = exact_scan_limit(total, limit)
         # Counting is only worth it near the threshold: a filter the planner expects to keep
         # far more rows goes straight to the index (if it keeps fewer after all, the index scan
         # comes back short and the exact sort below answers).
-        vector = as_halfvec(query)
         estimate = estimated_rows(conn, where, params) if filters.active else total
         if filters.active and estimate <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
             ids = _filtered_ids(conn, where, params, exact_max_rows + 1)
@@ -100,7 +95,6 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
                 rows = _ranked(conn, model_id, None, vector, "e.image_id = ANY(%s)", [ids], limit, after,
                                iterative, ef_search, join=False) if ids else []
                 return rows, "exact", filtered
-        cells, cell_count = vector_cells.near(conn, model_id, vector)
         ef = ef_search_for(total / max(1, cell_count), ef_search)
         if cells and estimate < SELECTIVE_SHARE * total:
             # A selective filter keeps few of the nearest candidates, and the walk of a cell of many
