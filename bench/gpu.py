@@ -18,7 +18,8 @@ weights and inputs on CUDA, fp32 on CPU.
    the embedded PostgreSQL) over --photos camera JPEGs and --photos chat/screenshot files, per
    model, with the device decode on and off (``CLIPDEX_GPU_DECODE``); then the first model at
    the best batch size of the sweep. GPU utilisation sampled by nvidia-smi while it runs, where
-   there is one.
+   there is one; each run's seconds per stage in the log (and the device decode's in the table,
+   so a run where the device decoded nothing shows).
 
 Baselines, measured in the same run: the model-only rate at batch 1 (what a loop over single
 photos would get), the CPU decode for the device decode, and the end-to-end run with Pillow
@@ -34,6 +35,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -62,7 +65,7 @@ def model_only(model_name: str, sweep: tuple[int, ...], seconds: float) -> dict[
     side = max(model.image_size)
     rates: dict[int, float] = {}
     for batch in sweep:
-        pixels = torch.randn(batch, 3, side, side)
+        pixels = torch.randn(batch, 3, side, side, device=device())
         try:
             model.encode_images(pixels)            # warm-up (and cuDNN's choice of kernels)
             if device() == "cuda":
@@ -174,8 +177,9 @@ class GpuSampler:
 
 
 def end_to_end(model_name: str, folder: Path, home: Path, name: str, gpu_decode: str,
-               batch_size: int = 64) -> tuple[float, int, float | None]:
-    """(images/s, images, mean GPU utilisation) of `clipdex index` over ``folder``."""
+               batch_size: int = 64) -> tuple[float, int, float | None, dict[str, float]]:
+    """(images/s, images, mean GPU utilisation, seconds per stage summed over the threads) of
+    `clipdex index` over ``folder``; the stages also go to the log."""
     from clipdex.database import open_database
     from indexer.in_process import index_folder
 
@@ -187,18 +191,47 @@ def end_to_end(model_name: str, folder: Path, home: Path, name: str, gpu_decode:
         start = time.perf_counter()
         result = index_folder(settings, db, folder, out=None)
         seconds = time.perf_counter() - start
-    return result.images_encoded / seconds, result.images_encoded, sampler.mean()
+    print(f"  {name}: {result.images_encoded} images in {seconds:.1f} s; stages "
+          + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()), flush=True)
+    return result.images_encoded / seconds, result.images_encoded, sampler.mean(), result.timings
 
 
 def distinct_copies(corpus: list[Path], folder: Path, count: int) -> Path:
-    """``count`` files cycling through ``corpus``, each made new bytes by a few bytes after the
-    image's end (decoders ignore them; the decode work is the original's), so every file is a new
-    image to the indexer. Re-encoding 12 MP photos instead would cost minutes of the device's time."""
+    """``count`` files cycling through ``corpus``, each made new bytes without new decode work,
+    so every file is a new image to the indexer. Re-encoding 12 MP photos instead would cost
+    minutes of the device's time. A JPEG gets a comment segment after its APPn segments (EXIF
+    stays where readers look); other formats a few bytes after the image's end. Bytes after a
+    JPEG's end would send it to Pillow: the device decodes only JPEGs that end with their EOI
+    marker (clipdex.imaging.jpeg_header), which is how the first H200 run (2026-12-04) measured
+    Pillow twice instead of the device decode once."""
     folder.mkdir(parents=True)
     for n in range(count):
         source = corpus[n % len(corpus)]
-        (folder / f"{n:05d}_{source.name}").write_bytes(source.read_bytes() + b"\0copy" + str(n).encode())
+        data, mark = source.read_bytes(), f"copy {n}".encode()
+        if data.startswith(b"\xff\xd8"):
+            at = 2
+            while data[at] == 0xFF and 0xE0 <= data[at + 1] <= 0xEF:     # APP0 (JFIF) ... APP15
+                at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+            copy = data[:at] + b"\xff\xfe" + (len(mark) + 2).to_bytes(2, "big") + mark + data[at:]
+        else:
+            copy = data + b"\0" + mark
+        (folder / f"{n:05d}_{source.name}").write_bytes(copy)
     return folder
+
+
+def section(report: Report, json_path: str | None, name: str, work: Callable[[], None]) -> None:
+    """Runs one part of the bench. A part that fails is printed and recorded, and the parts after
+    it still run: a device lease is minutes long, too short to lose a whole run to one part. The
+    figures so far are written to the JSON file after each part, so a run cut off still has them."""
+    print(f"[{name}] starting", flush=True)
+    start = time.perf_counter()
+    try:
+        work()
+    except Exception as error:          # noqa: BLE001 - reported in the table and the log, then the next part
+        traceback.print_exc()
+        report.add(f"{name}: failed", f"{type(error).__name__}: {error}"[:200])
+    print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+    report.save(json_path)
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -207,57 +240,84 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--photos", type=int, default=400, help="photos of each kind end to end")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per batch size")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--parts", default="sweep,decode,e2e",
+                        help="which parts to run (a lease is short): sweep, decode, e2e")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     sweep = SMOKE_SWEEP if args.smoke else SWEEP
     if args.smoke:
         args.models, args.photos, args.seconds = "ViT-B-32", 4, 0.5
+    models = args.models.split(",")
+    first = models[0]
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-gpu-"))
     home = work / "home"
-    try:
+    report = Report(f"GPU path on {device()}: model only, decode, end to end", "batch 1 / CPU decode")
+    report.facts.update({"device": device(), "models": args.models + " (random weights, pretrained=none)"})
+    sweeps: dict[str, dict[int, float]] = {}
+    libraries: dict[str, Path] = {}
+
+    def sweep_model(model_name: str) -> None:
+        rates = sweeps[model_name] = model_only(model_name, sweep, args.seconds)
+        best = max(rates, key=rates.get)
+        for batch, rate in rates.items():
+            if batch != 1:
+                report.add(f"{model_name} model only, batch {batch}, images/s", rate, rates.get(1), "img/s",
+                           note="best" if batch == best else "")
+
+    def libraries_on_disk() -> None:
         corpus_dir = Path(tempfile.gettempdir()) / "clipdex-bench" / ("corpus-smoke" if args.smoke else "corpus")
         corpus = make_corpus(corpus_dir, {"camera_jpeg": 2, "chat_jpeg": 2, "screenshot_png": 1}
                              if args.smoke else None)
         camera = [p for p in corpus if p.name.startswith("camera_jpeg")]
         chat = [p for p in corpus if p.name.startswith(("chat_", "screenshot_"))]
-        camera_lib = distinct_copies(camera, work / "camera", args.photos)
-        chat_lib = distinct_copies(chat, work / "chat", args.photos)
-        camera_files = sorted(camera_lib.rglob("*.jpg"))
-        chat_jpegs = sorted(chat_lib.rglob("*.jpg"))
+        libraries["12 MP camera JPEGs"] = distinct_copies(camera, work / "camera", args.photos)
+        libraries["chat and screenshots"] = distinct_copies(chat, work / "chat", args.photos)
 
-        report = Report(f"GPU path on {device()}: model only, decode, end to end", "batch 1 / CPU decode")
-        report.facts.update({"device": device(), "models": args.models + " (random weights, pretrained=none)"})
-        sweeps = {}
-        for model_name in args.models.split(","):
-            rates = sweeps[model_name] = model_only(model_name, sweep, args.seconds)
-            best = max(rates, key=rates.get)
-            for batch, rate in rates.items():
-                if batch != 1:
-                    report.add(f"{model_name} model only, batch {batch}, images/s", rate, rates.get(1), "img/s",
-                               note="best" if batch == best else "")
-        first = args.models.split(",")[0]
-        for label, paths in (("12 MP camera JPEG", camera_files), ("chat JPEG", chat_jpegs)):
-            report.add(f"decode + resize on the {device()}, {label}, images/s", device_decode_rate(first, paths),
-                       cpu_decode_rate(paths), "img/s",
-                       note=f"{len(paths)} files; baseline: clipdex's CPU decode on {os.cpu_count()} cores")
-            low, mean = agreement(first, paths[:2] if args.smoke else paths[:40])
-            report.add(f"{first} vectors, device decode against Pillow's, {label}, lowest cosine", low, None, "",
-                       note=f"mean {mean:.4f}")
-        for model_name in args.models.split(","):
-            for label, folder in (("12 MP camera JPEGs", camera_lib), ("chat and screenshots", chat_lib)):
-                rates = {}
-                for mode in ("on", "off"):
-                    rates[mode], images, busy = end_to_end(model_name, folder, home, f"e2e_{len(report.rows)}_{mode}", mode)
-                    rates[mode, "note"] = f"{images} images" + (f"; GPU busy {busy:.0f} %" if busy is not None else "")
-                report.add(f"{model_name} end to end, {label}, images/s", rates["on"], rates["off"], "img/s",
-                           note=f"device decode / Pillow decode; {rates['on', 'note']} / {rates['off', 'note']}")
+    def decode(label: str, paths: list[Path]) -> None:
+        report.add(f"decode + resize on the {device()}, {label}, images/s", device_decode_rate(first, paths),
+                   cpu_decode_rate(paths), "img/s",
+                   note=f"{len(paths)} files; baseline: clipdex's CPU decode on {os.cpu_count()} cores")
+        low, mean = agreement(first, paths[:2] if args.smoke else paths[:40])
+        report.add(f"{first} vectors, device decode against Pillow's, {label}, lowest cosine", low, None, "",
+                   note=f"mean {mean:.4f}")
+
+    def indexing(model_name: str, label: str, folder: Path) -> None:
+        rates: dict = {}
+        for mode in ("on", "off"):
+            rates[mode], images, busy, stages = end_to_end(model_name, folder, home,
+                                                           f"e2e_{len(report.rows)}_{mode}", mode)
+            rates[mode, "note"] = (f"{images} images" + (f"; GPU busy {busy:.0f} %" if busy is not None else "")
+                                   + f"; device decoded {stages.get('device_decode', 0):.1f} s")
+        report.add(f"{model_name} end to end, {label}, images/s", rates["on"], rates["off"], "img/s",
+                   note=f"device decode / Pillow decode; {rates['on', 'note']} / {rates['off', 'note']}")
+
+    def indexing_at_best_batch() -> None:
         # The sweep's best batch, up to 512: a group's JPEG bytes wait in memory until the device
         # decodes them (2 × batch + threads files in flight).
         best = max((b for b in sweeps[first] if b <= 512), key=sweeps[first].get)
         if best != 64 and not args.smoke:
-            rate, images, busy = end_to_end(first, camera_lib, home, "e2e_best_batch", "on", batch_size=best)
+            rate, images, busy, _stages = end_to_end(first, libraries["12 MP camera JPEGs"], home, "e2e_best_batch",
+                                                     "on", batch_size=best)
             report.add(f"{first} end to end, 12 MP camera JPEGs, batch {best}, images/s", rate, None, "img/s",
                        note=f"{images} images" + (f"; GPU busy {busy:.0f} %" if busy is not None else ""))
+
+    try:
+        for model_name in models if "sweep" in parts else ():
+            section(report, args.json, f"{model_name} model only", lambda m=model_name: sweep_model(m))
+        section(report, args.json, "test libraries", libraries_on_disk)
+        if libraries:
+            camera_files = sorted(libraries["12 MP camera JPEGs"].rglob("*.jpg"))
+            chat_jpegs = sorted(libraries["chat and screenshots"].rglob("*.jpg"))
+            for label, paths in (("12 MP camera JPEG", camera_files), ("chat JPEG", chat_jpegs)):
+                if "decode" in parts:
+                    section(report, args.json, f"decode, {label}", lambda l=label, p=paths: decode(l, p))
+            for model_name in models if "e2e" in parts else ():
+                for label, folder in libraries.items():
+                    section(report, args.json, f"{model_name} end to end, {label}",
+                            lambda m=model_name, l=label, f=folder: indexing(m, l, f))
+            if first in sweeps and "e2e" in parts:
+                section(report, args.json, f"{first} end to end at the best batch", indexing_at_best_batch)
         report.emit(args.json)
         return report
     finally:

@@ -142,6 +142,9 @@ class Report:
 
     def emit(self, json_path: str | None = None) -> None:
         print(self.text(), flush=True)
+        self.save(json_path)
+
+    def save(self, json_path: str | None) -> None:
         if json_path:
             Path(json_path).write_text(json.dumps({
                 "title": self.title, "facts": self.facts, "baseline": self.baseline_name,
