@@ -85,7 +85,11 @@ def read_capped(handle: BinaryIO, st: os.stat_result, max_bytes: int) -> bytes:
     """The whole file, or FileRefused when it is (or grows) over ``max_bytes``."""
     if st.st_size > max_bytes:
         raise FileRefused(too_large(st.st_size, max_bytes))
-    data = handle.read(max_bytes + 1)
+    # Sized to the file (not to the cap: a read of the cap allocates it, 512 MiB by default), then
+    # whatever it grew since the stat, up to one byte past the cap.
+    data = handle.read(st.st_size + 1)
+    if len(data) > st.st_size:
+        data += handle.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:
         raise FileRefused(f"file grew over the {_mib(max_bytes)} cap while being read")
     return data

@@ -356,12 +356,20 @@ def jpeg_header(data: bytes, *, max_pixels: int,
     return JpegHeader(width, height, orientation if orientation in range(2, 9) else None, inspected, plain)
 
 
+WHOLE_READ_BYTES = 64 << 20    # a larger file is handed to its decoder in pieces of this size
+
+
 def _open_checked(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, int]:
     """The image opened (header only), its size checked against the cap."""
     if fmt == "heif":
         _register_heif()
     _raise_pillow_limit(max_pixels)
     im = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]])
+    # The bytes are in memory: the decoder takes them in one piece, not Pillow's 64 KiB at a time.
+    # The decoder lets the GIL go for each piece and must win it back after; among busy indexing
+    # threads each win can wait for Python's switch interval (5 ms), which for a 3.5 MB photo
+    # in 55 pieces cost more than the decode (bench/gil.py, BENCHMARKS.md §15).
+    im.decodermaxblock = max(im.decodermaxblock, min(len(data), WHOLE_READ_BYTES))
     width, height = im.size
     if width <= 0 or height <= 0:
         raise DecodeFailure(f"{fmt.upper()} header gives an empty size {width}×{height}")

@@ -56,13 +56,20 @@ def trim_bars(gray: np.ndarray) -> np.ndarray:
         return np.count_nonzero(np.abs(line.astype(np.int16) - colour) <= _BAR_TOLERANCE) >= share * line.size
 
     def edge(lines: np.ndarray) -> int:
-        """How many leading lines form a bar of the first line's colour."""
+        """How many leading lines form a bar of the first line's colour. The lines after the
+        first are tried 16 at a time: a sky or a wall can make a bar of half the picture before
+        it is found too tall to trim, and numpy's cost is per call, not per line."""
         colour = float(np.median(lines[0]))
         if not flat(lines[0], colour, BAR_SHARE):
             return 0
         count = 1
-        while count < len(lines) and flat(lines[count], colour, BAR_CONTINUES):
-            count += 1
+        while count < len(lines):
+            chunk = lines[count:count + 16]
+            close = np.count_nonzero(np.abs(chunk.astype(np.int16) - colour) <= _BAR_TOLERANCE, axis=1)
+            broken = np.flatnonzero(close < BAR_CONTINUES * lines.shape[1])
+            if broken.size:
+                return count + int(broken[0])
+            count += len(chunk)
         return count
 
     top, bottom = edge(gray), edge(gray[::-1])

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +28,7 @@ from indexer import store
 from indexer.device_decode import DeviceDecoder
 
 _TEXTS_KEPT = 4
+SWITCH_INTERVAL = 0.0005   # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
 
 
 class Runtime:
@@ -33,12 +36,17 @@ class Runtime:
         from psycopg_pool import ConnectionPool
 
         self.settings = settings
+        # A decode thread whose C code let the GIL go must win it back from threads running
+        # Python; at the default 5 ms a turn that wait, many times a photo, was the indexer's
+        # limit on many cores (bench/gil.py: two threads decoding 12 MP photos beside a thread
+        # running Python). The process only ever runs this work, so the shorter turn is its own.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.database = database or open_database(settings, repair_indexes=False)
         threads = settings.effective_decode_threads
         self.pool = ConnectionPool(
             self.database.url, min_size=1, max_size=threads + 2, open=True,   # + the main and writer threads
             kwargs={"autocommit": True}, configure=_register_vector,
-            check=ConnectionPool.check_connection, name="clipdex-indexer")
+            check=_check_unless_just_used, reset=_note_return, name="clipdex-indexer")
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="clipdex-decode")
         self.decode_budget = DecodeBudget(settings.decode_memory)
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
@@ -126,6 +134,25 @@ class Runtime:
         self.threads.shutdown(wait=True)
         self.stream_reader.shutdown(wait=True)
         self.pool.close()
+
+
+# A connection back in the pool within this many seconds is handed out again without a round
+# trip to the server: each file's lookup takes one from the pool, and the check's empty query was
+# a tenth of the Python that a file costs with its GIL held (bench/gil.py), the part that bounds
+# one process's files/s on a many-core GPU machine (BENCHMARKS.md §15). A connection idle longer
+# (a worker waiting for work while the server restarts) is still checked.
+RECENT_SECONDS = 1.0
+
+
+def _note_return(conn: psycopg.Connection) -> None:
+    conn._clipdex_returned_at = time.monotonic()
+
+
+def _check_unless_just_used(conn: psycopg.Connection) -> None:
+    from psycopg_pool import ConnectionPool
+
+    if time.monotonic() - getattr(conn, "_clipdex_returned_at", float("-inf")) > RECENT_SECONDS or conn.broken:
+        ConnectionPool.check_connection(conn)
 
 
 def _register_vector(conn: psycopg.Connection) -> None:

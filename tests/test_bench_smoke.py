@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["decode", "write", "ingest", "search", "enqueue", "memory", "decode_memory", "cli", "ocr", "hybrid", "models",
-              "matches", "dupes", "archives", "watch", "gpu"]
+              "matches", "dupes", "archives", "watch", "gpu", "gil"]
 
 
 @pytest.fixture(scope="module")

@@ -213,3 +213,23 @@ def test_a_producer_that_died_while_sending_is_resumed(settings, redis_url, tmp_
         wait_for(run_finished(db.url, plan.run_id), 180, "the resumed run", log_dir=logs)
     got = counts(db.url, plan.run_id)
     assert (got["images"], got["embeddings"]) == (400, 400) and got["attempts"] == got["batches"]
+
+
+def test_an_indexer_connection_the_server_dropped_is_replaced_before_use(settings, db):
+    """Each file's lookup borrows a pooled connection; one back in the pool for less than a second
+    is lent again without a round trip (indexer/runtime.py), so the check must still catch a
+    connection the server dropped while it sat idle for longer."""
+    from indexer.runtime import RECENT_SECONDS, Runtime
+
+    rt = Runtime(settings, db)
+    try:
+        with rt.pool.connection() as conn:
+            dropped = conn.info.backend_pid
+        with psycopg.connect(db.url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (dropped,)).fetchone()[0]
+        time.sleep(RECENT_SECONDS + 0.2)
+        with rt.pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert conn.info.backend_pid != dropped
+    finally:
+        rt.close()
