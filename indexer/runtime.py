@@ -39,7 +39,8 @@ class Runtime:
         # A decode thread whose C code let the GIL go must win it back from threads running
         # Python; at the default 5 ms a turn that wait, many times a photo, was the indexer's
         # limit on many cores (bench/gil.py: two threads decoding 12 MP photos beside a thread
-        # running Python). The process only ever runs this work, so the shorter turn is its own.
+        # running Python). Set while this runtime is open, as an indexing process runs nothing else.
+        self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.database = database or open_database(settings, repair_indexes=False)
         threads = settings.effective_decode_threads
@@ -134,6 +135,7 @@ class Runtime:
         self.threads.shutdown(wait=True)
         self.stream_reader.shutdown(wait=True)
         self.pool.close()
+        sys.setswitchinterval(self._switch_interval)
 
 
 # A connection back in the pool within this many seconds is handed out again without a round
