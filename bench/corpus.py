@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,38 @@ def make_corpus(folder: Path, counts: dict[str, int] | None = None, seed: int = 
         with ProcessPoolExecutor(min(len(missing), os.cpu_count() or 1)) as pool:
             list(pool.map(_write, *zip(*missing)))
     return paths
+
+
+def camera_and_chat(smoke: bool = False) -> tuple[list[Path], list[Path]]:
+    """The shared corpus's 12 MP camera JPEGs, and its chat files and screenshots (the GPU and GIL
+    benches' two libraries); a few of each for a smoke run."""
+    folder = Path(tempfile.gettempdir()) / "clipdex-bench" / ("corpus-smoke" if smoke else "corpus")
+    corpus = make_corpus(folder, {"camera_jpeg": 2, "chat_jpeg": 2, "screenshot_png": 1} if smoke else None)
+    return ([p for p in corpus if p.name.startswith("camera_jpeg")],
+            [p for p in corpus if p.name.startswith(("chat_", "screenshot_"))])
+
+
+def distinct_copies(corpus: list[Path], folder: Path, count: int) -> Path:
+    """``count`` files cycling through ``corpus``, each made new bytes without new decode work,
+    so every file is a new image to the indexer. Re-encoding 12 MP photos instead would cost
+    minutes of the device's time. A JPEG gets a comment segment after its APPn segments (EXIF
+    stays where readers look); other formats a few bytes after the image's end. Bytes after a
+    JPEG's end would send it to Pillow: the device decodes only JPEGs that end with their EOI
+    marker (clipdex.imaging.jpeg_header), which is how the first H200 run (2026-12-04) measured
+    Pillow twice instead of the device decode once."""
+    folder.mkdir(parents=True)
+    for n in range(count):
+        source = corpus[n % len(corpus)]
+        data, mark = source.read_bytes(), f"copy {n}".encode()
+        if data.startswith(b"\xff\xd8"):
+            at = 2
+            while data[at] == 0xFF and 0xE0 <= data[at + 1] <= 0xEF:     # APP0 (JFIF) ... APP15
+                at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+            copy = data[:at] + b"\xff\xfe" + (len(mark) + 2).to_bytes(2, "big") + mark + data[at:]
+        else:
+            copy = data + b"\0" + mark
+        (folder / f"{n:05d}_{source.name}").write_bytes(copy)
+    return folder
 
 
 def _write(path: Path, kind: str, n: int, seed: int) -> None:

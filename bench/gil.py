@@ -23,12 +23,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bench.corpus import make_corpus
-from bench.gpu import distinct_copies
+from bench.corpus import camera_and_chat, distinct_copies
 from bench.report import Report, fresh_database, scratch_folder
 from clipdex import embedded_postgres
 
@@ -94,7 +92,7 @@ def sampled_run(folder: Path, home: Path, name: str, model_dir: Path) -> tuple[f
         # The innermost clipdex function holding the GIL is where the time is charged.
         own = [f for f in frames if any(k in f for k in KEEP)]
         if own:
-            functions[own[-1].split(" (")[0] + " (" + own[-1].split(" (")[1].split(":")[0] + ")"] += int(count)
+            functions[own[-1].rsplit(":", 1)[0] + ")"] += int(count)      # "name (file:line)" -> "name (file)"
     return samples / (RATE * seconds), functions
 
 
@@ -156,12 +154,8 @@ def main(argv: list[str] | None = None) -> Report:
     files = 8 if args.smoke else args.files
     with scratch_folder("clipdex-bench-gil-") as work:
         home = work / "home"
-        corpus = make_corpus(Path(tempfile.gettempdir()) / "clipdex-bench" / ("corpus-smoke" if args.smoke else "corpus"),
-                             {"camera_jpeg": 2, "chat_jpeg": 2, "screenshot_png": 1} if args.smoke else None)
-        libraries = {
-            "12 MP camera JPEGs": [p for p in corpus if p.name.startswith("camera_jpeg")],
-            "chat files and screenshots": [p for p in corpus if p.name.startswith(("chat_", "screenshot_"))],
-        }
+        camera, chat = camera_and_chat(args.smoke)
+        libraries = {"12 MP camera JPEGs": camera, "chat files and screenshots": chat}
         model_dir = write_model_folder(work / "model", TINY_MODEL_CFG)
         report = Report("One indexing process: time a file holding the GIL (py-spy)", "wall time a file here")
         report.facts.update({"files": str(files), "model": "tiny (64-d, random weights), CPU", "sampling": f"{RATE}/s"})

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bench.corpus import make_corpus
+from bench.corpus import camera_and_chat, distinct_copies
 from bench.report import Report, fresh_database
 from clipdex import embedded_postgres
 from clipdex.config import Settings
@@ -196,29 +196,6 @@ def end_to_end(model_name: str, folder: Path, home: Path, name: str, gpu_decode:
     return result.images_encoded / seconds, result.images_encoded, sampler.mean(), result.timings
 
 
-def distinct_copies(corpus: list[Path], folder: Path, count: int) -> Path:
-    """``count`` files cycling through ``corpus``, each made new bytes without new decode work,
-    so every file is a new image to the indexer. Re-encoding 12 MP photos instead would cost
-    minutes of the device's time. A JPEG gets a comment segment after its APPn segments (EXIF
-    stays where readers look); other formats a few bytes after the image's end. Bytes after a
-    JPEG's end would send it to Pillow: the device decodes only JPEGs that end with their EOI
-    marker (clipdex.imaging.jpeg_header), which is how the first H200 run (2026-12-04) measured
-    Pillow twice instead of the device decode once."""
-    folder.mkdir(parents=True)
-    for n in range(count):
-        source = corpus[n % len(corpus)]
-        data, mark = source.read_bytes(), f"copy {n}".encode()
-        if data.startswith(b"\xff\xd8"):
-            at = 2
-            while data[at] == 0xFF and 0xE0 <= data[at + 1] <= 0xEF:     # APP0 (JFIF) ... APP15
-                at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
-            copy = data[:at] + b"\xff\xfe" + (len(mark) + 2).to_bytes(2, "big") + mark + data[at:]
-        else:
-            copy = data + b"\0" + mark
-        (folder / f"{n:05d}_{source.name}").write_bytes(copy)
-    return folder
-
-
 def section(report: Report, json_path: str | None, name: str, work: Callable[[], None]) -> None:
     """Runs one part of the bench. A part that fails is printed and recorded, and the parts after
     it still run: a device lease is minutes long, too short to lose a whole run to one part. The
@@ -266,11 +243,7 @@ def main(argv: list[str] | None = None) -> Report:
                            note="best" if batch == best else "")
 
     def libraries_on_disk() -> None:
-        corpus_dir = Path(tempfile.gettempdir()) / "clipdex-bench" / ("corpus-smoke" if args.smoke else "corpus")
-        corpus = make_corpus(corpus_dir, {"camera_jpeg": 2, "chat_jpeg": 2, "screenshot_png": 1}
-                             if args.smoke else None)
-        camera = [p for p in corpus if p.name.startswith("camera_jpeg")]
-        chat = [p for p in corpus if p.name.startswith(("chat_", "screenshot_"))]
+        camera, chat = camera_and_chat(args.smoke)
         libraries["12 MP camera JPEGs"] = distinct_copies(camera, work / "camera", args.photos)
         libraries["chat and screenshots"] = distinct_copies(chat, work / "chat", args.photos)
 
