@@ -139,9 +139,14 @@ def test_killed_worker_loses_nothing_and_duplicates_nothing(settings, redis_url,
         assert conn.execute("SELECT count(*), count(DISTINCT sha256) FROM images").fetchone() == (48, 48)
         assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 48
         assert conn.execute("SELECT count(*) FROM ingest_failures").fetchone()[0] == 0
-        attempts = conn.execute("SELECT attempts FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
-                                (plan.run_id, killed_batch)).fetchone()[0]
-    assert attempts == 2   # the killed batch was delivered again and finished once
+        attempts, state, worker = conn.execute(
+            "SELECT attempts, state, worker FROM ingest_batches WHERE run_id = %s AND batch_no = %s",
+            (plan.run_id, killed_batch)).fetchone()
+    # The killed batch was delivered again and written once, by the survivor. It may have been
+    # started more than twice: on a slow machine a batch outlasts the 4 s visibility timeout and
+    # the broker hands it to the survivor's other thread too; the counts above show that the
+    # later writer found it done and wrote nothing.
+    assert attempts >= 2 and state == "done" and worker.endswith(f":{second.pid}")
     out = run_cli("status", str(plan.run_id), env=producer.to_environ()).stdout
     assert f"run {plan.run_id} [done]" in out and "new 48, duplicates 0" in out and "failed 0" in out
 
