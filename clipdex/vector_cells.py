@@ -3,9 +3,9 @@ and a search walks the graphs of the few cells nearest the query (migration 0015
 
 Why: at a million photos one graph loses some queries outright (a walk that enters the wrong
 region has no road back; recall@10 0.91-0.97 at pgvector's largest ef_search, 12-41 ms). Sixteen
-graphs of about 62,500 vectors, four of them walked per query (clipdex.search.plan), gave recall@10
-1.00 unfiltered at p50 10-12 ms and 0.95-0.99 under filters, and built in 213 s instead of 359
-(BENCHMARKS.md §4).
+graphs of about 62,500 vectors, three of them walked per query (four under a selective filter, and
+in psql), gave recall@10 1.00 unfiltered at p50 about 8 ms and 0.94-0.99 under filters, and built in
+213 s instead of 359 (BENCHMARKS.md §4).
 
 The centres are drawn (spherical k-means on a sample) only while the model has no HNSW index at
 all, that is when its index is built after a bulk load or rebuilt on request: giving every vector
@@ -16,13 +16,15 @@ new vector its nearest centre, and it goes into that cell's graph only.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import psycopg
 
-from clipdex.vocabulary import CELL_PROBES
+from clipdex.vocabulary import CELL_PROBES_SELECTIVE
 
 CELL_VECTORS = 62_500        # about this many vectors per cell (16 cells at a million: measured)
-CELLS_MIN = 2 * CELL_PROBES  # fewer cells than this would walk half the library or more
+CELLS_MIN = 2 * CELL_PROBES_SELECTIVE   # fewer cells would have a search walk half the library
 CELLS_MAX = 64
 REDRAW_GROWTH = 2            # centres are drawn again when the model has grown this many times since
 SAMPLE_VECTORS = 50_000      # k-means on this many vectors (a few seconds at 512 dimensions on 2 cores)
@@ -83,6 +85,12 @@ def spherical_kmeans(vectors: np.ndarray, k: int, rounds: int = KMEANS_ROUNDS, s
     return c
 
 
+def decode_halfvecs(blobs: list[bytes]) -> np.ndarray:
+    """float32 rows from pgvector's binary halfvec form (int16 dimensions, int16 unused, then
+    big-endian float16s), as ``halfvec_send`` gives them."""
+    return np.stack([np.frombuffer(b, dtype=">f2", offset=4) for b in blobs]).astype(np.float32)
+
+
 def _sample(conn: psycopg.Connection, model_id: int, size: int) -> np.ndarray:
     """About ``size`` of the model's vectors, drawn evenly over the whole table (read in
     pgvector's binary form: int16 dimensions, int16 unused, big-endian float16s)."""
@@ -95,7 +103,7 @@ def _sample(conn: psycopg.Connection, model_id: int, size: int) -> np.ndarray:
     if len(sample) > size:   # (a model with a small share of the table is read whole, then thinned)
         keep = np.random.default_rng(SEED).choice(len(sample), size, replace=False)
         sample = [sample[i] for i in sorted(keep)]
-    return np.stack([np.frombuffer(r[0], dtype=">f2", offset=4) for r in sample]).astype(np.float32)
+    return decode_halfvecs([r[0] for r in sample])
 
 
 def draw(conn: psycopg.Connection, model_id: int, cells: int) -> int:
@@ -115,14 +123,21 @@ def draw(conn: psycopg.Connection, model_id: int, cells: int) -> int:
     return given
 
 
-def route(conn: psycopg.Connection, model_id: int, query, probes: int = CELL_PROBES) -> tuple[float, list[int], int]:
-    """What a search needs to choose its walk, in one round trip (every search makes it): the
-    vectors stored (all models, as the planner last counted them), the ``probes`` cells of the
-    model nearest ``query`` (a halfvec), nearest first, and how many cells it has ([] and 0 for a
-    model without cells)."""
-    total, cells, count = conn.execute(
+class Route(NamedTuple):
+    total: float            # vectors stored (all models, as the planner last counted them)
+    cells: list[int]        # the cells of the model nearest the query, nearest first ([] without cells)
+    cell_count: int         # the model's cells (0 without)
+    sample_version: str     # changes whenever the model's score sample is drawn again
+
+
+def route(conn: psycopg.Connection, model_id: int, query, probes: int = CELL_PROBES_SELECTIVE) -> Route:
+    """What a search needs to choose its walk, in one round trip (every search makes it), for
+    ``query`` (a halfvec): the ``probes`` nearest cells, and the version of the model's score
+    sample (clipdex.search.lost_walks keeps the sample in the process)."""
+    total, cells, count, version = conn.execute(
         "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass), "
         "clipdex_cells_near(%s::smallint, %s::halfvec, %s)::int[], "
-        "(SELECT count(*) FROM vector_cells v WHERE v.model_id = %s)",
-        (model_id, query, probes, model_id)).fetchone()
-    return max(1.0, total), list(cells), int(count)
+        "(SELECT count(*) FROM vector_cells v WHERE v.model_id = %s), "
+        "(SELECT m.xmin::text || ':' || coalesce(m.sampled_vectors, 0) FROM models m WHERE m.id = %s)",
+        (model_id, query, probes, model_id, model_id)).fetchone()
+    return Route(max(1.0, total), list(cells), int(count), version or "")

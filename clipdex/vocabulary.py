@@ -45,7 +45,9 @@ FAILURE_STAGES = ("read", "decode", "metadata", "embed", "write", "batch", "ocr"
 # sessions get) and the bound on an iterative index scan (per search, and for psql).
 EF_SEARCH = 200
 MAX_SCAN_TUPLES = 200_000
-# A model split into vector cells (clipdex.vector_cells): the cells a search walks, nearest first
-# (migration 0015's clipdex_walk_sql default), and the vectors from which a model is split.
-CELL_PROBES = 4
+# A model split into vector cells (clipdex.vector_cells): the cells a search walks, nearest first;
+# the cells it walks under a selective filter, which psql's walk (migration 0015's clipdex_walk_sql
+# default) always takes; and the vectors from which a model is split.
+CELL_PROBES = 3
+CELL_PROBES_SELECTIVE = 4
 CELLS_FROM = 500_000

@@ -15,7 +15,7 @@ from bench import synthetic
 from clipdex import model_registry, vector_cells
 from clipdex.database import open_database
 from clipdex.search import Filters, QuerySpec, SearchRequest, ranked_ids
-from clipdex.vocabulary import CELL_PROBES
+from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE
 from tests.test_search import exact_sql, literal, query_near, service_for
 
 N, DIM = 6_000, 64
@@ -57,10 +57,10 @@ def vectors_and_cells(conn, model_id: int) -> tuple[np.ndarray, np.ndarray, np.n
             np.array([-1 if r[2] is None else r[2] for r in rows]))
 
 
-def nearest_cells(conn, model_id: int, query: np.ndarray) -> list[int]:
+def nearest_cells(conn, model_id: int, query: np.ndarray, probes: int = CELL_PROBES) -> list[int]:
     """The cells nearest the query, computed here from the centres (not by clipdex)."""
     c = centres(conn, model_id)
-    return list(np.argsort(-(c @ (query / np.linalg.norm(query))), kind="stable")[:CELL_PROBES])
+    return list(np.argsort(-(c @ (query / np.linalg.norm(query))), kind="stable")[:probes])
 
 
 def test_every_vector_is_in_the_cell_of_its_nearest_centre(cconn):
@@ -93,8 +93,9 @@ def test_each_cell_has_its_own_graph_and_the_one_graph_is_gone(celled_db, cconn)
 @pytest.mark.parametrize("model", ["off the data", "text-like"])
 def test_a_search_ranks_the_cells_it_walks_exactly(cconn, model):
     """Each query's page is the exact top 50 of the vectors in the cells it walked (the graphs of
-    750 vectors miss nothing): its 4 nearest, and one more when the score sample showed a photo of
-    another cell that belongs on the page; and close to the exact top 10 of the whole library."""
+    750 vectors miss nothing): its CELL_PROBES nearest, and one more when the score sample showed
+    a photo of another cell that belongs on the page; and close to the exact top 10 of the whole
+    library."""
     db, conn, data = cconn
     ids, x, cells = vectors_and_cells(conn, data.model_id)
     rng = np.random.default_rng(5)
@@ -126,8 +127,8 @@ def test_a_search_ranks_the_cells_it_walks_exactly(cconn, model):
 
 def test_the_score_sample_tells_a_page_that_missed_a_photo(cconn):
     """A photo of the sample closer than the page's last row, and not on it, names its cell;
-    a page that holds it, or a cursor past it, shows nothing wrong."""
-    from clipdex.search.plan import _missed_by_the_walk
+    a page that holds it, a cursor past it, or a filter that drops it shows nothing wrong."""
+    from clipdex.search import lost_walks
 
     db, conn, data = cconn
     sampled, vector = conn.execute("SELECT image_id, embedding FROM score_samples WHERE model_id = %s "
@@ -137,23 +138,77 @@ def test_the_score_sample_tells_a_page_that_missed_a_photo(cconn):
                          "ORDER BY 2, 1 LIMIT 11", (query, data.model_id)).fetchall()
     assert exact[0][0] == sampled
     cell = conn.execute("SELECT cell FROM embeddings WHERE image_id = %s", (sampled,)).fetchone()[0]
-    assert _missed_by_the_walk(conn, data.model_id, query, "TRUE", [], None, exact[1:]) == cell
-    assert _missed_by_the_walk(conn, data.model_id, query, "TRUE", [], None, exact[:10]) is None
-    assert _missed_by_the_walk(conn, data.model_id, query, "TRUE", [], tuple(exact[0][::-1]), exact[1:]) is None
-    assert _missed_by_the_walk(conn, data.model_id, query, "i.id <> %s", [sampled], None, exact[1:]) is None
+    sample = lost_walks.SAMPLES.get(conn, data.model_id, vector_cells.route(conn, data.model_id, query).sample_version)
+    assert sampled in sample.ids and len(sample.ids) == conn.execute(
+        "SELECT count(*) FROM score_samples WHERE model_id = %s", (data.model_id,)).fetchone()[0]
+
+    def missed(where, params, after, rows):
+        return lost_walks.missed_photo_cell(conn, data.model_id, sample, query, where, params, after, rows)
+
+    assert missed("TRUE", [], None, exact[1:]) == cell
+    assert missed("TRUE", [], None, exact[:10]) is None
+    assert missed("TRUE", [], tuple(exact[0][::-1]), exact[1:]) is None
+    assert missed("i.id <> %s", [sampled], None, exact[1:]) is None
+
+
+def test_a_sample_drawn_again_is_read_again(cconn):
+    """The process keeps each model's sample; drawing it again (the library grew) changes its
+    version, and the next search reads the new one."""
+    from clipdex.search import lost_walks
+
+    db, conn, data = cconn
+    query = HalfVector(query_near(data, 3))
+    before = vector_cells.route(conn, data.model_id, query).sample_version
+    kept = lost_walks.SAMPLES.get(conn, data.model_id, before)
+    assert lost_walks.SAMPLES.get(conn, data.model_id, before) is kept
+    try:
+        conn.execute("SELECT clipdex_refresh_sample(%s::smallint, 500)", (data.model_id,))
+        after = vector_cells.route(conn, data.model_id, query).sample_version
+        assert after != before
+        assert len(lost_walks.SAMPLES.get(conn, data.model_id, after).ids) == 500
+    finally:
+        conn.execute("SELECT clipdex_refresh_sample(%s::smallint, %s)", (data.model_id, len(kept.ids)))
 
 
 def test_the_search_walks_only_the_graphs_of_the_nearest_cells(cconn):
     db, conn, data = cconn
     query = query_near(data, 17)
-    cells = nearest_cells(conn, data.model_id, query)
-    assert vector_cells.route(conn, data.model_id, HalfVector(query))[1:] == (cells, vector_cells.CELLS_MIN)
+    cells = nearest_cells(conn, data.model_id, query, CELL_PROBES_SELECTIVE)
+    route = vector_cells.route(conn, data.model_id, HalfVector(query))
+    assert (route.cells, route.cell_count) == (cells, vector_cells.CELLS_MIN)
     walk = conn.execute("SELECT clipdex_walk_sql(%s::smallint, %s::halfvec)", (data.model_id, HalfVector(query))).fetchone()[0]
     plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + walk.replace("$1", "%s").replace("$2", "10"),
                                                 (HalfVector(query),) * 4))
     used = {f"embeddings_hnsw_model_{data.model_id}_cell_{c}" for c in cells}
     assert all(name in plan for name in used) and "Seq Scan" not in plan
-    assert plan.count(f"embeddings_hnsw_model_{data.model_id}_cell_") == CELL_PROBES
+    assert plan.count(f"embeddings_hnsw_model_{data.model_id}_cell_") == CELL_PROBES_SELECTIVE
+
+
+class RecordingConnection(psycopg.Connection):
+    """Keeps the text of every statement it runs."""
+
+    def execute(self, query, params=None, **kwargs):
+        self.statements.append(str(query))
+        return super().execute(query, params, **kwargs)
+
+
+def test_a_narrow_filter_walks_one_cell_more(celled_db):
+    """Three cells for a search; four under a filter that keeps under 3 % of the photos, whose
+    true ten lie deeper in the graphs (BENCHMARKS.md §4)."""
+    from pgvector.psycopg import register_vector
+
+    url, data, _ = celled_db
+    with RecordingConnection.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        query = query_near(data, 23)
+        walked = {}
+        for label, filters in {"none": Filters(), "1 %": Filters.parse({"camera_make": ["Make-1"]}),
+                               "50 %": Filters.parse({"format": ["png"]})}.items():
+            conn.statements = []
+            ranked_ids(conn, data.model_id, data.dim, query, filters, 10, None, iterative=True, exact_max_rows=0)
+            walk = next(sql for sql in conn.statements if "UNION ALL" in sql)
+            walked[label] = walk.count("e.cell = ")
+    assert walked == {"none": CELL_PROBES, "1 %": CELL_PROBES_SELECTIVE, "50 %": CELL_PROBES}
 
 
 def test_pages_over_the_cells_follow_each_other_without_gaps_or_repeats(cconn):

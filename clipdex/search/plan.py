@@ -13,16 +13,18 @@ import psycopg
 from pgvector import HalfVector
 
 from clipdex import vector_cells
+from clipdex.search import lost_walks
 from clipdex.search.filters import Filters
 from clipdex.search.query_vector import as_halfvec
-from clipdex.vocabulary import EF_SEARCH, MAX_SCAN_TUPLES
+from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE, EF_SEARCH, MAX_SCAN_TUPLES
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
 COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this …
-SELECTIVE_EF_FACTOR = 2       # … walks the cells with this many times the candidate list
+SELECTIVE_EF_FACTOR = 2       # … walks the cells with this many times the candidate list,
+NARROW_SHARE = 0.03           # and one keeping less than this walks CELL_PROBES_SELECTIVE cells
 
 
 def _filtered_ids(conn: psycopg.Connection, where: str, params: list, cap: int) -> list[int]:
@@ -78,10 +80,12 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         # A search is short: starting parallel workers costs more than they save below the
         # exact-sort bound (10 ms of 40 for 5,000 rows at 1M on 2 cores), and concurrent
         # searches use the cores anyway.
-        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL max_parallel_workers_per_gather = 0")
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL max_parallel_workers_per_gather = 0"
+                     + (f"; SET LOCAL hnsw.iterative_scan = strict_order; SET LOCAL hnsw.max_scan_tuples = "
+                        f"{MAX_SCAN_TUPLES}" if iterative else ""))
         filtered = None
         vector = as_halfvec(query)
-        total, cells, cell_count = vector_cells.route(conn, model_id, vector)
+        total, nearest, cell_count, sample_version = vector_cells.route(conn, model_id, vector)
         if exact_max_rows is None:
             exact_max_rows = exact_scan_limit(total, limit)
         # Counting is only worth it near the threshold: a filter the planner expects to keep
@@ -93,52 +97,44 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             filtered = len(ids)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 rows = _ranked(conn, model_id, None, vector, "e.image_id = ANY(%s)", [ids], limit, after,
-                               iterative, ef_search, join=False) if ids else []
+                               ef_search, join=False) if ids else []
                 return rows, "exact", filtered
         ef = ef_search_for(total / max(1, cell_count), ef_search)
+        narrow = estimate < NARROW_SHARE * total
+        cells = nearest[:CELL_PROBES_SELECTIVE if narrow else CELL_PROBES]
         if cells and estimate < SELECTIVE_SHARE * total:
             # A selective filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
-            # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
+            # at 200, 0.95-0.99 at 400, for 3 ms more); under 3 % a fourth cell too (1 %: recall
+            # 0.92-0.95 with three; BENCHMARKS.md §4).
             ef = min(EF_SEARCH_MAX, SELECTIVE_EF_FACTOR * ef)
-        rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative, ef, cells=cells)
+        rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
-            missed = _missed_by_the_walk(conn, model_id, vector, where, params, after, rows)
-            if missed is not None:   # the walk got lost: again, wider, through the missed photo's cell too
-                rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, iterative,
-                               EF_SEARCH_MAX, cells=list(dict.fromkeys(cells + [missed])))
+            sample = lost_walks.SAMPLES.get(conn, model_id, sample_version)
+            missed = lost_walks.missed_photo_cell(conn, model_id, sample, vector, where, params, after, rows)
+            if missed is not None and narrow:
+                # Under a narrow filter each walk yields few photos that pass, and a missed one says
+                # they all ran too shallow: every cell again, and the photo's, with the widest list.
+                rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, EF_SEARCH_MAX,
+                               cells=list(dict.fromkeys(cells + [missed])))
+            elif missed is not None:
+                # The walk of the photo's cell got lost, or that cell was not walked: it again, with
+                # the widest list, merged into the page (the other cells' rows stand).
+                again = _ranked(conn, model_id, dim, vector, where, params, limit, after, EF_SEARCH_MAX,
+                                cells=[missed])
+                rows = sorted({r[0]: r for r in rows + again}.values(), key=lambda r: (r[1], r[0]))[:limit]
         if len(rows) < limit:
             # Short: the scan bound was reached, the nearest cells hold too few of the filtered
             # photos, or pgvector 0.7 has no iterative scan. Only an exact sort can say whether
             # more rows exist, and it gives them in the right order.
-            exact = _ranked(conn, model_id, None, vector, where, params, limit, after, iterative, ef_search)
+            exact = _ranked(conn, model_id, None, vector, where, params, limit, after, ef_search)
             return exact, "exact", filtered
         return rows, "hnsw", filtered
 
 
-def _missed_by_the_walk(conn: psycopg.Connection, model_id: int, query: HalfVector, where: str, params: list,
-                        after: tuple[float, int] | None, rows: list[tuple[int, float]]) -> int | None:
-    """The cell of a photo the page should hold and does not, if the model's score sample
-    (``score_samples``, 2,000 photos) has one: it passes the filters, comes after the cursor and
-    before the page's last row. Such a photo proves the graph walk lost its way (in a cell of many
-    distinct subjects a walk can end in the wrong one); None when the sample shows nothing wrong.
-    It costs one distance per sample photo (about 1 ms)."""
-    distance = "s.embedding <=> %s::halfvec"
-    keyset, keyset_params = "", []
-    if after is not None:
-        keyset, keyset_params = f" AND ({distance}, s.image_id) > (%s, %s)", [query, after[0], after[1]]
-    row = conn.execute(
-        f"SELECT (SELECT e.cell FROM embeddings e WHERE e.image_id = w.image_id AND e.model_id = {int(model_id)}) "
-        f"FROM (SELECT s.image_id FROM score_samples s JOIN images i ON i.id = s.image_id "
-        f"WHERE s.model_id = {int(model_id)} AND {where}{keyset} AND ({distance}, s.image_id) < (%s, %s) "
-        f"AND s.image_id <> ALL(%s) ORDER BY {distance}, s.image_id LIMIT 1) w",
-        [*params, *keyset_params, query, rows[-1][1], rows[-1][0], [r[0] for r in rows], query]).fetchone()
-    return None if row is None else row[0]
-
-
 def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, query: HalfVector, where: str,
-            params: list, limit: int, after: tuple[float, int] | None, iterative: bool,
-            ef_search: int, *, join: bool = True, cells: list[int] = ()) -> list[tuple[int, float]]:
+            params: list, limit: int, after: tuple[float, int] | None, ef_search: int, *,
+            join: bool = True, cells: list[int] = ()) -> list[tuple[int, float]]:
     """One ranking query. With ``index_dim`` the distance is written exactly as the model's HNSW
     index expression (``embedding::halfvec(dim)``, model_id constant) so the planner can use it;
     without, the plain expression matches no index and the filtered rows are sorted exactly.
@@ -167,9 +163,6 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
         args = [query, *params, *keyset_params] * len(cells) + [limit]
     if index_dim is not None:
         conn.execute(f"SET LOCAL hnsw.ef_search = {int(max(ef_search, min(EF_SEARCH_MAX, 2 * limit)))}")
-        if iterative:
-            conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-            conn.execute(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}")
     return [tuple(r) for r in conn.execute(sql, args)]
 
 

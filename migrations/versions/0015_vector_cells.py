@@ -31,7 +31,7 @@ down_revision = "0014"
 branch_labels = None
 depends_on = None
 
-CELL_PROBES = 4   # cells a search walks (clipdex.vocabulary.CELL_PROBES)
+CELL_PROBES = 4   # cells a psql walk takes (clipdex.vocabulary.CELL_PROBES_SELECTIVE)
 SCAN_BOUND = 200_000   # hnsw.max_scan_tuples (clipdex.vocabulary.MAX_SCAN_TUPLES)
 
 UPGRADE = r"""
