@@ -52,8 +52,10 @@ def trim_bars(gray: np.ndarray) -> np.ndarray:
     small text on them allowed: a status bar's clock)."""
     height, width = gray.shape
 
-    def flat(line: np.ndarray, colour: float, share: float) -> bool:
-        return np.count_nonzero(np.abs(line.astype(np.int16) - colour) <= _BAR_TOLERANCE) >= share * line.size
+    def flat(lines: np.ndarray, colour: float, share: float) -> np.ndarray:
+        """Per line (the last axis): whether at least ``share`` of it is within tolerance of ``colour``."""
+        close = np.count_nonzero(np.abs(lines.astype(np.int16) - colour) <= _BAR_TOLERANCE, axis=-1)
+        return close >= share * lines.shape[-1]
 
     def edge(lines: np.ndarray) -> int:
         """How many leading lines form a bar of the first line's colour. The lines after the
@@ -65,8 +67,7 @@ def trim_bars(gray: np.ndarray) -> np.ndarray:
         count = 1
         while count < len(lines):
             chunk = lines[count:count + 16]
-            close = np.count_nonzero(np.abs(chunk.astype(np.int16) - colour) <= _BAR_TOLERANCE, axis=1)
-            broken = np.flatnonzero(close < BAR_CONTINUES * lines.shape[1])
+            broken = np.flatnonzero(~flat(chunk, colour, BAR_CONTINUES))
             if broken.size:
                 return count + int(broken[0])
             count += len(chunk)
