@@ -207,7 +207,7 @@ class Settings:
         "A model with at least this many vectors keeps one HNSW graph per k-means cell of its vectors "
         "(about 62,500 each) instead of one graph, drawn when its index is built after a bulk load or by "
         "`clipdex db index --cells`; a search walks the 3 cells nearest the query, 4 under a filter keeping "
-        "less than 3 % and in psql (BENCHMARKS.md §4).",
+        "less than 10 % and in psql (BENCHMARKS.md §4).",
         _parse_int("CLIPDEX_CELLS_FROM", 1),
     )
     forget_missing: bool = _setting(

@@ -193,8 +193,8 @@ class RecordingConnection(psycopg.Connection):
 
 
 def test_a_narrow_filter_walks_one_cell_more(celled_db):
-    """Three cells for a search; four under a filter that keeps under 3 % of the photos, whose
-    true ten lie deeper in the graphs (BENCHMARKS.md §4)."""
+    """Three cells for a search; four under a filter that keeps under 10 % of the photos, whose
+    true ten lie deeper in the graphs or in a fourth cell (BENCHMARKS.md §4)."""
     from pgvector.psycopg import register_vector
 
     url, data, _ = celled_db

@@ -94,6 +94,44 @@ def test_selective_filters_fill_the_page_with_the_exact_answer(sconn, label):
         assert distances == sorted(distances)
 
 
+class Recording:
+    """A connection that keeps each statement's parameters."""
+
+    def __init__(self, conn):
+        self.conn, self.params = conn, []
+
+    def execute(self, query, params=None, **kwargs):
+        self.params.append(params or [])
+        return self.conn.execute(query, params, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_the_exact_sort_counts_and_ranks_without_sending_the_ids_back_and_forth(sconn):
+    """The filtered photos' ids stay in the server (5,000 of them cost 30 ms to fetch and send
+    back at a million photos): no statement gets a list of ids, and the count still decides."""
+    db, conn, data = sconn
+    filters = Filters.parse(synthetic.SELECTIVITY_FILTERS["0.5%"])
+    keep = conn.execute(f"SELECT count(*) FROM images i WHERE {literal(conn, filters)}").fetchone()[0]
+    query = query_near(data, 31)
+    recording = Recording(conn)
+    rows, strategy, filtered = ranked_ids(recording, data.model_id, data.dim, query, filters, 10, None,
+                                          iterative=db.info.iterative_scan, exact_max_rows=keep)
+    assert (strategy, filtered) == ("exact", keep)
+    assert [r[0] for r in rows] == exact_sql(conn, data, query, literal(conn, filters), 10)
+    assert not [p for params in recording.params for p in params if isinstance(p, list) and len(p) > 1]
+
+    # one photo more than the bound: counted up to the bound + 1, and ranked through the index
+    rows, strategy, filtered = ranked_ids(conn, data.model_id, data.dim, query, filters, 10, None,
+                                          iterative=db.info.iterative_scan, exact_max_rows=keep - 1)
+    assert (strategy, filtered, len(rows)) == ("hnsw", keep, 10)
+
+    nobody = Filters.parse({"camera_make": ["No-such-make"]})
+    assert ranked_ids(conn, data.model_id, data.dim, query, nobody, 10, None,
+                      iterative=db.info.iterative_scan) == ([], "exact", 0)
+
+
 def test_index_path_under_a_selective_filter_still_fills_the_page(sconn):
     """Forced onto the HNSW index (no exact sort), a 0.5 % filter still returns a full page in order:
     the iterative scan keeps going until the LIMIT is met."""

@@ -68,6 +68,14 @@ class SampleCache:
 SAMPLES = SampleCache()
 
 
+def rows_after(distance: str, query: HalfVector, after: tuple[float, int] | None) -> tuple[str, list]:
+    """The condition (and its parameters) for the rows after a cursor's last (distance, id), in
+    the order every ranking statement sorts: distance, then id (none without a cursor)."""
+    if after is None:
+        return "", []
+    return f" AND ({distance}, e.image_id) > (%s, %s)", [query, after[0], after[1]]
+
+
 def missed_photo_cell(conn: psycopg.Connection, model_id: int, sample: Sample, query: HalfVector,
                       where: str, params: list, after: tuple[float, int] | None,
                       rows: list[tuple[int, float]]) -> int | None:
@@ -86,9 +94,7 @@ def missed_photo_cell(conn: psycopg.Connection, model_id: int, sample: Sample, q
     if not len(candidates):
         return None
     distance = "e.embedding <=> %s::halfvec"
-    keyset, keyset_params = "", []
-    if after is not None:
-        keyset, keyset_params = f" AND ({distance}, e.image_id) > (%s, %s)", [query, after[0], after[1]]
+    keyset, keyset_params = rows_after(distance, query, after)
     row = conn.execute(
         f"SELECT e.cell FROM embeddings e JOIN images i ON i.id = e.image_id "
         f"WHERE e.model_id = {int(model_id)} AND e.image_id = ANY(%s) AND {where}{keyset} "

@@ -20,18 +20,34 @@ from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE, EF_SEARCH, MA
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
+EXACT_SCAN_FACTOR = 5         # c in exact_scan_limit
 COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
-SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this …
-SELECTIVE_EF_FACTOR = 2       # … walks the cells with this many times the candidate list,
-NARROW_SHARE = 0.03           # and one keeping less than this walks CELL_PROBES_SELECTIVE cells
+SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
+                              # walks CELL_PROBES_SELECTIVE cells (all again when the sample shows a miss),
+NARROW_SHARE = 0.03           # and one keeping less than this …
+NARROW_EF_FACTOR = 2          # … with this many times the candidate list
 
 
-def _filtered_ids(conn: psycopg.Connection, where: str, params: list, cap: int) -> list[int]:
-    """Up to ``cap`` ids of the photos the filters keep, ascending (the order of the vectors'
-    primary key, so the exact sort walks it once instead of joining per row). Photos only:
-    whether each has a vector of this model is not asked here."""
-    return sorted(r[0] for r in conn.execute(f"SELECT i.id FROM images i WHERE {where} LIMIT %s", [*params, cap]))
+def _exact_if_few(conn: psycopg.Connection, model_id: int, query: HalfVector, where: str, params: list,
+                  most: int, limit: int, after: tuple[float, int] | None) -> tuple[int, list[tuple[int, float]]]:
+    """How many photos the filters keep (counted up to ``most`` + 1), and when that is at most
+    ``most``, the page by an exact sort over exactly their vectors; in one statement.
+
+    The ids stay in the server: fetched into Python, sorted and sent back as a parameter, 5,000 of
+    them cost 14 ms to fetch, 13 ms to send and 5 ms to plan (the planner weighs each element of a
+    constant array) at a million photos, more than the sort itself (BENCHMARKS.md §4). As an
+    array built in the statement, the pkey is walked in id order all the same."""
+    distance = "e.embedding <=> %s::halfvec"
+    keyset, keyset_params = lost_walks.rows_after(distance, query, after)
+    rows = conn.execute(
+        f"WITH kept AS MATERIALIZED (SELECT ARRAY(SELECT i.id FROM images i WHERE {where} LIMIT %s) AS ids) "
+        f"SELECT cardinality(k.ids), r.image_id, r.distance FROM kept k LEFT JOIN LATERAL ("
+        f"SELECT e.image_id, {distance} AS distance FROM embeddings e "
+        f"WHERE cardinality(k.ids) <= %s AND e.model_id = {int(model_id)} AND e.image_id = ANY(k.ids){keyset} "
+        f"ORDER BY distance, e.image_id LIMIT %s) r ON true",
+        [*params, most + 1, query, most, *keyset_params, limit]).fetchall()
+    return rows[0][0], [(r[1], r[2]) for r in rows if r[1] is not None]
 
 
 def estimated_rows(conn: psycopg.Connection, where: str, params: list) -> float:
@@ -51,9 +67,12 @@ def exact_scan_limit(total: float, limit: int) -> int:
 
     The exact sort costs a fixed time per filtered row (fetch the vector, one distance); the
     filtered index scan walks about limit / selectivity rows of the graph. With N vectors they
-    break even near sqrt(3·limit·N) filtered rows (fitted on bench/search.py at 100k and 1M).
+    break even near sqrt(c·limit·N) filtered rows: c = 3 was fitted on bench/search.py at 100k and
+    1M; keeping the ids in the server made the exact sort about 0.6 of that cost, which moves the
+    break-even to c = 5 (7,100 rows at 1M; a 1 % filter, 10,000 rows, is still 1.2 times faster
+    through the cells: BENCHMARKS.md §4).
     """
-    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(3 * limit * total))))
+    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(EXACT_SCAN_FACTOR * limit * total))))
 
 
 def ef_search_for(total: float, least: int) -> int:
@@ -93,28 +112,27 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         # comes back short and the exact sort below answers).
         estimate = estimated_rows(conn, where, params) if filters.active else total
         if filters.active and estimate <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
-            ids = _filtered_ids(conn, where, params, exact_max_rows + 1)
-            filtered = len(ids)
+            filtered, rows = _exact_if_few(conn, model_id, vector, where, params, exact_max_rows, limit, after)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
-                rows = _ranked(conn, model_id, None, vector, "e.image_id = ANY(%s)", [ids], limit, after,
-                               ef_search, join=False) if ids else []
                 return rows, "exact", filtered
         ef = ef_search_for(total / max(1, cell_count), ef_search)
-        narrow = estimate < NARROW_SHARE * total
-        cells = nearest[:CELL_PROBES_SELECTIVE if narrow else CELL_PROBES]
-        if cells and estimate < SELECTIVE_SHARE * total:
-            # A selective filter keeps few of the nearest candidates, and the walk of a cell of many
+        selective = estimate < SELECTIVE_SHARE * total
+        cells = nearest[:CELL_PROBES_SELECTIVE if selective else CELL_PROBES]
+        if cells and estimate < NARROW_SHARE * total:
+            # A narrow filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
-            # at 200, 0.95-0.99 at 400, for 3 ms more); under 3 % a fourth cell too (1 %: recall
-            # 0.92-0.95 with three; BENCHMARKS.md §4).
-            ef = min(EF_SEARCH_MAX, SELECTIVE_EF_FACTOR * ef)
+            # at 200, 0.95-0.99 at 400, for 3 ms more). Under 10 % a fourth cell: the filtered true
+            # ten of a query far from the photos (text) often lie in it (5 %: recall 0.94 with
+            # three cells at twice the list, 0.98 with four at the plain list, in less time;
+            # BENCHMARKS.md §4).
+            ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
         rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
             sample = lost_walks.SAMPLES.get(conn, model_id, sample_version)
             missed = lost_walks.missed_photo_cell(conn, model_id, sample, vector, where, params, after, rows)
-            if missed is not None and narrow:
-                # Under a narrow filter each walk yields few photos that pass, and a missed one says
-                # they all ran too shallow: every cell again, and the photo's, with the widest list.
+            if missed is not None and selective:
+                # Under a selective filter each walk yields few photos that pass, and a missed one
+                # says they all ran too shallow: every cell again, and the photo's, with the widest list.
                 rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, EF_SEARCH_MAX,
                                cells=list(dict.fromkeys(cells + [missed])))
             elif missed is not None:
@@ -134,25 +152,20 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
 
 def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, query: HalfVector, where: str,
             params: list, limit: int, after: tuple[float, int] | None, ef_search: int, *,
-            join: bool = True, cells: list[int] = ()) -> list[tuple[int, float]]:
+            cells: list[int] = ()) -> list[tuple[int, float]]:
     """One ranking query. With ``index_dim`` the distance is written exactly as the model's HNSW
     index expression (``embedding::halfvec(dim)``, model_id constant) so the planner can use it;
     without, the plain expression matches no index and the filtered rows are sorted exactly.
     With ``cells``, the graphs of those cells are walked and merged by distance, each read only as
     far as the page needs: a LIMIT in each (the scan bound, never reached) makes the planner walk
     the cell's index lazily; ordering each by id too, or a LIMIT of the page size, would make
-    every cell fill a page of its own (4 times the rows under a selective filter).
-    ``join=False``: ``where`` is over the vectors ``e`` alone (a list of ids)."""
+    every cell fill a page of its own (4 times the rows under a selective filter)."""
     if index_dim is None:
         distance = "e.embedding <=> %s::halfvec"
     else:
         distance = f"e.embedding::halfvec({index_dim}) <=> %s::halfvec({index_dim})"
-    keyset, keyset_params = "", []
-    if after is not None:
-        keyset = f" AND ({distance}, e.image_id) > (%s, %s)"
-        keyset_params = [query, after[0], after[1]]
-    source = "embeddings e JOIN images i ON i.id = e.image_id" if join else "embeddings e"
-    rows = f"SELECT e.image_id, {distance} AS distance FROM {source} WHERE e.model_id = {int(model_id)}"
+    keyset, keyset_params = lost_walks.rows_after(distance, query, after)
+    rows = f"SELECT e.image_id, {distance} AS distance FROM embeddings e JOIN images i ON i.id = e.image_id WHERE e.model_id = {int(model_id)}"
     sql = f"{rows} AND {where}{keyset} ORDER BY distance, e.image_id LIMIT %s"
     args = [query, *params, *keyset_params, limit]
     if index_dim is not None and cells:
