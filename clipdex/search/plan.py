@@ -116,15 +116,15 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 return rows, "exact", filtered
         ef = ef_search_for(total / max(1, cell_count), ef_search)
+        # Under a selective filter a fourth cell: the filtered true ten of a query far from the
+        # photos (text, whose nearest centres are nearly tied) often lie in it (at 1M, 5 %: recall
+        # 0.94 with three cells at twice the list, 0.98 with four at the plain list, in less time).
         selective = estimate < SELECTIVE_SHARE * total
         cells = nearest[:CELL_PROBES_SELECTIVE if selective else CELL_PROBES]
         if cells and estimate < NARROW_SHARE * total:
             # A narrow filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
-            # at 200, 0.95-0.99 at 400, for 3 ms more). Under 10 % a fourth cell: the filtered true
-            # ten of a query far from the photos (text) often lie in it (5 %: recall 0.94 with
-            # three cells at twice the list, 0.98 with four at the plain list, in less time;
-            # BENCHMARKS.md §4).
+            # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
             ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
         rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
@@ -165,7 +165,8 @@ def _ranked(conn: psycopg.Connection, model_id: int, index_dim: int | None, quer
     else:
         distance = f"e.embedding::halfvec({index_dim}) <=> %s::halfvec({index_dim})"
     keyset, keyset_params = lost_walks.rows_after(distance, query, after)
-    rows = f"SELECT e.image_id, {distance} AS distance FROM embeddings e JOIN images i ON i.id = e.image_id WHERE e.model_id = {int(model_id)}"
+    rows = (f"SELECT e.image_id, {distance} AS distance FROM embeddings e JOIN images i ON i.id = e.image_id "
+            f"WHERE e.model_id = {int(model_id)}")
     sql = f"{rows} AND {where}{keyset} ORDER BY distance, e.image_id LIMIT %s"
     args = [query, *params, *keyset_params, limit]
     if index_dim is not None and cells:
