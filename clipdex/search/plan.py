@@ -20,7 +20,7 @@ from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE, EF_SEARCH, MA
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
-EXACT_SCAN_FACTOR = 5         # c in exact_scan_limit
+EXACT_SCAN_FACTOR = 3         # c in exact_scan_limit
 COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
@@ -67,10 +67,10 @@ def exact_scan_limit(total: float, limit: int) -> int:
 
     The exact sort costs a fixed time per filtered row (fetch the vector, one distance); the
     filtered index scan walks about limit / selectivity rows of the graph. With N vectors they
-    break even near sqrt(c·limit·N) filtered rows: c = 3 was fitted on bench/search.py at 100k and
-    1M; keeping the ids in the server made the exact sort about 0.6 of that cost, which moves the
-    break-even to c = 5 (7,100 rows at 1M; a 1 % filter, 10,000 rows, is still 1.2 times faster
-    through the cells: BENCHMARKS.md §4).
+    break even near sqrt(c·limit·N) filtered rows, c = 3 (fitted on bench/search.py at 100k and
+    1M). Keeping the ids in the server made the exact sort cheaper, but c = 5 sent the combined
+    ~2 % filter at 100k (2,205 photos through a date range and a location join) to the exact sort
+    at 32 ms where the index took about 20 (BENCHMARKS.md §4).
     """
     return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(EXACT_SCAN_FACTOR * limit * total))))
 
