@@ -136,12 +136,14 @@ def redis_available() -> bool:
 
 @pytest.fixture
 def redis_url():
-    """A real Redis database of its own (flushed before and after the test)."""
+    """A real Redis database of its own (flushed before and after the test). Each pytest-xdist
+    worker takes its own database number, so two workers' Celery queues never meet."""
     if not redis_available():
         pytest.fail("Redis is not running on 127.0.0.1:6379 (./bootstrap test starts it)")
     import redis
 
-    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/7"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")     # gw0, gw1, … (gw0 without xdist)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{7 + int(worker.removeprefix('gw'))}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
