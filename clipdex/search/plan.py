@@ -20,7 +20,8 @@ from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE, EF_SEARCH, MA
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
-EXACT_SCAN_FACTOR = 3         # c in exact_scan_limit
+CANDIDATE_COST = 4            # a walked candidate costs this many filtered rows of the exact sort
+FILTER_COST_PER_ROW = 0.5     # a filter costing more a row it keeps weighs more rows (see filter_work)
 COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
@@ -53,8 +54,25 @@ def _exact_if_few(conn: psycopg.Connection, model_id: int, query: HalfVector, wh
 def estimated_rows(conn: psycopg.Connection, where: str, params: list) -> float:
     """The planner's estimate of the photos the filters keep (from the column statistics, a
     fraction of a millisecond)."""
-    plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM images i WHERE {where}", params).fetchone()[0]
-    return float(plan[0]["Plan"]["Plan Rows"])
+    return estimated_filter(conn, where, params)[0]
+
+
+def estimated_filter(conn: psycopg.Connection, where: str, params: list) -> tuple[float, float]:
+    """The planner's estimate of the photos the filters keep, and of the cost of finding them all
+    (its cost units), in one EXPLAIN."""
+    plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT i.id FROM images i WHERE {where}", params).fetchone()[0]
+    return float(plan[0]["Plan"]["Plan Rows"]), float(plan[0]["Plan"]["Total Cost"])
+
+
+def filter_work(rows: float, cost: float) -> float:
+    """The work of an exact sort under a filter, in rows: the rows it keeps, or more when finding
+    them costs more than FILTER_COST_PER_ROW a row in the planner's units. A B-tree filter (a camera
+    make) costs 0.13-0.29 a row; a date range crossed with a source joins every file location and
+    costs about 1.55 a row, at 100,000 photos as at a million, where finding its 22,000 photos
+    takes 150-190 ms: counted first, it cost 90 ms more than the index alone for a page of 40
+    (135.7 against 44.0 ms). At 0.5 it still goes to the exact sort at 100,000 photos for a page
+    of 40 (14 ms, where the walk took 32) and to the index for 10 (7 ms against 15; BENCHMARKS.md §4)."""
+    return max(rows, cost / FILTER_COST_PER_ROW)
 
 
 def image_rows(conn: psycopg.Connection) -> float:
@@ -62,17 +80,23 @@ def image_rows(conn: psycopg.Connection) -> float:
     return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'images'::regclass").fetchone()[0])
 
 
-def exact_scan_limit(total: float, limit: int) -> int:
+def exact_scan_limit(total: float, limit: int, walked: int = EF_SEARCH) -> int:
     """How many filtered rows an exact sort may take before the index is cheaper.
 
-    The exact sort costs a fixed time per filtered row (fetch the vector, one distance); the
-    filtered index scan walks about limit / selectivity rows of the graph. With N vectors they
-    break even near sqrt(c·limit·N) filtered rows, c = 3 (fitted on bench/search.py at 100k and
-    1M). Keeping the ids in the server made the exact sort cheaper, but c = 5 sent the combined
-    ~2 % filter at 100k (2,205 photos through a date range and a location join) to the exact sort
-    at 32 ms where the index took about 20 (BENCHMARKS.md §4).
+    The exact sort costs a fixed time per filtered row r (fetch the vector, one distance). The
+    filtered index scan walks about limit·N / r candidates to find a page of ``limit`` among N
+    vectors, plus the ``walked`` candidates every walk gathers first (its candidate lists, in
+    each cell walked), each costing CANDIDATE_COST rows of the exact sort (a graph step and a
+    join to the photo: at a million photos 12.8 µs against 3.1 µs a filtered row). They break
+    even at r² = c·(walked·r + limit·N), c = CANDIDATE_COST. At a million photos in 16 cells (4
+    walked with lists of 400 under a narrow filter) that is about 10,300 rows for a page of 10
+    and 16,200 for 40: the 1 % filter (10,000 photos) is sorted exactly in 31 ms where the walk
+    took 40, with recall 1.00 instead of 0.96-0.99 (BENCHMARKS.md §4). At 100,000 photos in one
+    graph: 2,400 for 10, 4,400 for 40. (The bound was sqrt(3·limit·N), the same without ``walked``.)
     """
-    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, math.sqrt(EXACT_SCAN_FACTOR * limit * total))))
+    c = CANDIDATE_COST
+    rows = (c * walked + math.sqrt((c * walked) ** 2 + 4 * c * limit * total)) / 2
+    return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, rows)))
 
 
 def ef_search_for(total: float, least: int) -> int:
@@ -105,17 +129,19 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         filtered = None
         vector = as_halfvec(query)
         total, nearest, cell_count, sample_version = vector_cells.route(conn, model_id, vector)
+        ef = ef_search_for(total / max(1, cell_count), ef_search)
         if exact_max_rows is None:
-            exact_max_rows = exact_scan_limit(total, limit)
+            # (a filter near the bound is a narrow one: it walks the most cells, with the widest lists)
+            walked = CELL_PROBES_SELECTIVE * NARROW_EF_FACTOR * ef if nearest else ef
+            exact_max_rows = exact_scan_limit(total, limit, walked)
         # Counting is only worth it near the threshold: a filter the planner expects to keep
-        # far more rows goes straight to the index (if it keeps fewer after all, the index scan
-        # comes back short and the exact sort below answers).
-        estimate = estimated_rows(conn, where, params) if filters.active else total
-        if filters.active and estimate <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
+        # far more rows, or that costs as much to evaluate, goes straight to the index (if it
+        # keeps fewer after all, the index scan comes back short and the exact sort below answers).
+        estimate, cost = estimated_filter(conn, where, params) if filters.active else (total, 0.0)
+        if filters.active and filter_work(estimate, cost) <= COUNT_ABOVE_ESTIMATE * exact_max_rows:
             filtered, rows = _exact_if_few(conn, model_id, vector, where, params, exact_max_rows, limit, after)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 return rows, "exact", filtered
-        ef = ef_search_for(total / max(1, cell_count), ef_search)
         # Under a selective filter a fourth cell: the filtered true ten of a query far from the
         # photos (text, whose nearest centres are nearly tied) often lie in it (at 1M, 5 %: recall
         # 0.94 with three cells at twice the list, 0.98 with four at the plain list, in less time).
