@@ -20,9 +20,9 @@ from clipdex.vocabulary import CELL_PROBES, CELL_PROBES_SELECTIVE, EF_SEARCH, MA
 
 EXACT_SCAN_MIN_ROWS = 500      # bounds of the exact-sort threshold (see exact_scan_limit)
 EXACT_SCAN_MAX_ROWS = 20_000
-CANDIDATE_COST = 4            # a walked candidate costs this many filtered rows of the exact sort
+CANDIDATE_COST = 6            # a walked candidate costs this many filtered rows of the exact sort
 FILTER_COST_PER_ROW = 0.5     # a filter costing more a row it keeps weighs more rows (see filter_work)
-COUNT_ABOVE_ESTIMATE = 2      # estimates this many times the threshold skip the bounded count
+COUNT_ABOVE_ESTIMATE = 1.5    # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
                               # walks CELL_PROBES_SELECTIVE cells (all again when the sample shows a miss),
@@ -87,12 +87,15 @@ def exact_scan_limit(total: float, limit: int, walked: int = EF_SEARCH) -> int:
     filtered index scan walks about limit·N / r candidates to find a page of ``limit`` among N
     vectors, plus the ``walked`` candidates every walk gathers first (its candidate lists, in
     each cell walked), each costing CANDIDATE_COST rows of the exact sort (a graph step and a
-    join to the photo: at a million photos 12.8 µs against 3.1 µs a filtered row). They break
-    even at r² = c·(walked·r + limit·N), c = CANDIDATE_COST. At a million photos in 16 cells (4
-    walked with lists of 400 under a narrow filter) that is about 10,300 rows for a page of 10
-    and 16,200 for 40: the 1 % filter (10,000 photos) is sorted exactly in 31 ms where the walk
-    took 40, with recall 1.00 instead of 0.96-0.99 (BENCHMARKS.md §4). At 100,000 photos in one
-    graph: 2,400 for 10, 4,400 for 40. (The bound was sqrt(3·limit·N), the same without ``walked``.)
+    join to the photo). They break even at r² = c·(walked·r + limit·N), c = CANDIDATE_COST. A
+    candidate cost 4 rows at a million photos for a page of 10 under a 1 % filter (12.8 µs
+    against 3.1), about 7 at 100,000 for a page of 40 under 5 % (the deeper an iterative scan
+    goes, the dearer each candidate): c = 6. At a million photos in 16 cells (4 walked with
+    lists of 400 under a narrow filter) the bound is about 13,900 rows for a page of 10 and the
+    20,000 cap for 40: the 1 % filter (10,000 photos) is sorted exactly in 31 ms where the walk
+    took 40, with recall 1.00 instead of 0.96-0.99. At 100,000 photos in one graph: 3,100 for 10,
+    5,500 for 40, where the 5 % filter's exact sort took 10.5 ms against the walk's 14.4 (recall@40
+    1.00 against 0.85; BENCHMARKS.md §4). (The bound was sqrt(3·limit·N): no ``walked``, c = 3.)
     """
     c = CANDIDATE_COST
     rows = (c * walked + math.sqrt((c * walked) ** 2 + 4 * c * limit * total)) / 2
