@@ -147,10 +147,9 @@ def test_a_filter_that_costs_more_than_its_rows_is_not_counted_before_the_index(
     assert cost / rows > 2 * plan.FILTER_COST_PER_ROW      # (the premise: a join, not a B-tree lookup)
     keep = conn.execute(f"SELECT count(*) FROM images i WHERE {literal(conn, costly)}").fetchone()[0]
     query = query_near(data, 12)
-    recording = Recording(conn)
-    got, strategy, filtered = ranked_ids(recording, data.model_id, data.dim, query, costly, 10, None,
+    got, strategy, filtered = ranked_ids(conn, data.model_id, data.dim, query, costly, 10, None,
                                          iterative=True, exact_max_rows=keep)
-    assert (strategy, filtered, len(got)) == ("hnsw", None, 10)
+    assert (strategy, filtered, len(got)) == ("hnsw", None, 10)      # (filtered: None = never counted)
     assert len(set(r[0] for r in got) & set(exact_sql(conn, data, query, literal(conn, costly), 10))) >= 9
 
     cheap = Filters.parse({"camera_make": ["Make-1"]})

@@ -80,7 +80,7 @@ def image_rows(conn: psycopg.Connection) -> float:
     return max(1.0, conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'images'::regclass").fetchone()[0])
 
 
-def exact_scan_limit(total: float, limit: int, walked: int = EF_SEARCH) -> int:
+def exact_scan_limit(total: float, limit: int, walked: int) -> int:
     """How many filtered rows an exact sort may take before the index is cheaper.
 
     The exact sort costs a fixed time per filtered row r (fetch the vector, one distance). The
@@ -133,9 +133,10 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         vector = as_halfvec(query)
         total, nearest, cell_count, sample_version = vector_cells.route(conn, model_id, vector)
         ef = ef_search_for(total / max(1, cell_count), ef_search)
+        narrow_ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
         if exact_max_rows is None:
             # (a filter near the bound is a narrow one: it walks the most cells, with the widest lists)
-            walked = CELL_PROBES_SELECTIVE * NARROW_EF_FACTOR * ef if nearest else ef
+            walked = CELL_PROBES_SELECTIVE * narrow_ef if nearest else ef
             exact_max_rows = exact_scan_limit(total, limit, walked)
         # Counting is only worth it near the threshold: a filter the planner expects to keep
         # far more rows, or that costs as much to evaluate, goes straight to the index (if it
@@ -154,7 +155,7 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             # A narrow filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
             # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
-            ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
+            ef = narrow_ef
         rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
             sample = lost_walks.SAMPLES.get(conn, model_id, sample_version)
