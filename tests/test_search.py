@@ -202,6 +202,24 @@ def test_whether_the_library_holds_copies_is_asked_of_the_index_not_the_whole_ta
         assert any_lookalikes(conn)
 
 
+@pytest.mark.parametrize("params", [{"camera_make": ["Make-1"]}, {"camera_model": ["Model-1"]},
+                                    {"format": ["png", "heic"]}, {"orientation": ["portrait"]},
+                                    {"min_width": ["3000"]}, {"min_height": ["3000"]},
+                                    {"bbox": ["35,139,36,140"]}, {"taken_from": ["2019-01-01"]}])
+def test_the_photos_a_filter_keeps_are_read_from_its_index_alone(sconn, params):
+    """An exact sort first gathers the ids the filters keep: read from the filter's index alone,
+    not one visit to the photos table per photo (at a million photos 11 ms of the 1 % filter's 41)."""
+    db, conn, data = sconn
+    conn.execute("VACUUM images")   # (the visibility map, as autovacuum keeps it after a load)
+    where, values = Filters.parse(params).sql()
+    with conn.transaction(force_rollback=True):
+        # (a table this small is cheaper to read whole: only the index paths are weighed here)
+        conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+        plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT i.id FROM images i WHERE {where}",
+                            values).fetchone()[0][0]["Plan"]
+    assert plan["Node Type"] == "Index Only Scan", plan
+
+
 @pytest.mark.parametrize("filters, exact_max", [({}, 20_000), ({"format": ["png"]}, 20_000),
                                                  ({"format": ["png"]}, 0), ({"camera_make": ["Make-5"]}, 20_000)])
 def test_pages_follow_each_other_without_gaps_or_repeats(sconn, filters, exact_max, monkeypatch):
