@@ -29,7 +29,7 @@ from clipdex.search.lookalikes import Folded, any_lookalikes, fold_copies
 from clipdex.search.matches import CutOff, cut_off, share_kept
 from clipdex.search.plan import date_key, dated_ids, image_rows, ranked_ids
 from clipdex.search.query_vector import as_halfvec, combine, image_vectors, text_vectors, upload_vectors
-from clipdex.search.request import MAX_ID, QuerySpec, SearchRequest
+from clipdex.search.request import DEFAULT_PAGE, MAX_ID, QuerySpec, SearchRequest
 from clipdex.search.errors import QueryError
 from clipdex.search.results import Page, add_snippets, load_hits
 from clipdex.search.words import query_words
@@ -436,7 +436,7 @@ class SearchService:
         if cut is None:
             rows = dated_ids(conn, chosen.model_id, filters, fetch, after, order)
         else:
-            gathered = self._gather(conn, chosen, query, filters, cut, phrases, limit)
+            gathered = self._gather(conn, chosen, query, filters, cut, phrases)
             if gathered is not None:
                 counted = len(gathered)
                 keys = sorted((date_key(order, taken_at, image_id), image_id, taken_at)
@@ -479,14 +479,17 @@ class SearchService:
         return self._counted(conn, page, cut, filters, complete=after is None and not more)
 
     def _gather(self, conn: psycopg.Connection, chosen: ChosenModel, query: np.ndarray, filters: Filters,
-                cut: CutOff, phrases: tuple[str, ...], limit: int) -> dict[int, datetime | None] | None:
+                cut: CutOff, phrases: tuple[str, ...]) -> dict[int, datetime | None] | None:
         """id -> taken_at of every match the filters keep, when they are few enough to gather;
         None when there are more (the caller walks the photos in date order instead)."""
         if not cut.nothing:
-            # Walking reads about limit / (share of photos that match) rows, a distance each;
+            # Walking reads about a page / (share of photos that match) rows, a distance each;
             # gathering ranks about 1.5 x the matches through the index, which costs more per
-            # row: it wins only for matches that are few, or rare in the library.
-            walked = limit * image_rows(conn) / max(1.0, cut.matches)
+            # row: it wins only for matches that are few, or rare in the library. Weighed for
+            # the default page whatever this one's size: the two ways count the matches apart
+            # (gathered, the photos found; walked, the cut-off's own count), and a search must
+            # not say 58 matches on a page of 40 and 59 on a page of 5.
+            walked = DEFAULT_PAGE * image_rows(conn) / max(1.0, cut.matches)
             if cut.matches > DATE_GATHER_MAX or 2 * (1.5 * cut.matches + 100) > walked:
                 return None
         ids, complete = self._matching_ids(conn, chosen, query, filters, cut, phrases, DATE_GATHER_MAX)
