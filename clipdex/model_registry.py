@@ -99,7 +99,15 @@ def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: fl
     with waiting_at_most(conn, lock_timeout, f"cannot build the vector index of model {model_id}"):
         if cells_from is not None and (cells := vector_cells.due(conn, model_id, cells_from)):
             vector_cells.draw(conn, model_id, cells)
-        return conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
+        name = conn.execute("SELECT clipdex_ensure_vector_index(%s::smallint)", (model_id,)).fetchone()[0]
+    if conn.autocommit:
+        # After a bulk load the planner still counts the photos as they were before it, and the
+        # new pages are not yet marked all-visible, until autovacuum comes (a minute or more
+        # later): the first searches would weigh their filters by stale counts and read the
+        # photos a filter keeps from the table instead of its index alone (migration 0016).
+        # 6 s at a million photos (BENCHMARKS.md §4).
+        conn.execute("VACUUM (ANALYZE) images, embeddings")
+    return name
 
 
 def split_into_cells(conn: psycopg.Connection, model_id: int, lock_timeout: float = 30) -> str:

@@ -406,6 +406,8 @@ def test_a_bulk_load_builds_the_vector_index_once_at_the_end(settings, db, tmp_p
     assert before is not None
     for i in range(10):
         L.write(tmp_path / "lib" / "second" / f"{i}.png", L.png(300 + i))
+    with psycopg.connect(db.url) as conn:
+        began = conn.execute("SELECT now()").fetchone()[0]
     big = index_folder(bulk, db, tmp_path / "lib", out=None)
     assert big.plan.defer_index                            # 10 new >= max(5, 3 already there)
     after = vector_index_oid(db.url)
@@ -413,6 +415,10 @@ def test_a_bulk_load_builds_the_vector_index_once_at_the_end(settings, db, tmp_p
     with psycopg.connect(db.url) as conn:
         assert conn.execute("SELECT defer_index FROM ingest_runs ORDER BY id").fetchall() == [(False,), (True,)]
         assert conn.execute("SELECT count(*) FROM embeddings").fetchone()[0] == 13
+        # the planner's counts and the visibility map are brought up to date by the load itself
+        settled = conn.execute("SELECT relname, last_vacuum >= %s, last_analyze >= %s FROM pg_stat_user_tables "
+                               "WHERE relname IN ('images', 'embeddings') ORDER BY relname", (began, began)).fetchall()
+        assert settled == [("embeddings", True, True), ("images", True, True)]
 
 
 def test_an_interrupted_bulk_load_has_its_index_back_by_the_next_command(settings, db, tmp_path):
