@@ -128,16 +128,20 @@ class Route(NamedTuple):
     cells: list[int]        # the cells of the model nearest the query, nearest first ([] without cells)
     cell_count: int         # the model's cells (0 without)
     sample_version: str     # changes whenever the model's score sample is drawn again
+    distances: list[float]  # the query's cosine distance to each of those cells' centres
 
 
 def route(conn: psycopg.Connection, model_id: int, query, probes: int = CELL_PROBES_SELECTIVE) -> Route:
     """What a search needs to choose its walk, in one round trip (every search makes it), for
-    ``query`` (a halfvec): the ``probes`` nearest cells, and the version of the model's score
-    sample (clipdex.search.lost_walks keeps the sample in the process)."""
-    total, cells, count, version = conn.execute(
-        "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass), "
-        "clipdex_cells_near(%s::smallint, %s::halfvec, %s)::int[], "
-        "(SELECT count(*) FROM vector_cells v WHERE v.model_id = %s), "
-        "(SELECT m.xmin::text || ':' || coalesce(m.sampled_vectors, 0) FROM models m WHERE m.id = %s)",
-        (model_id, query, probes, model_id, model_id)).fetchone()
-    return Route(max(1.0, total), list(cells), int(count), version or "")
+    ``query`` (a halfvec): the ``probes`` nearest cells and their centres' distances, and the
+    version of the model's score sample (clipdex.search.lost_walks keeps the sample in the process)."""
+    total, cells, distances, count, version = conn.execute(
+        "SELECT (SELECT reltuples FROM pg_class WHERE oid = 'embeddings'::regclass), n.cells, n.distances, "
+        "(SELECT count(*) FROM vector_cells v WHERE v.model_id = %(model)s), "
+        "(SELECT m.xmin::text || ':' || coalesce(m.sampled_vectors, 0) FROM models m WHERE m.id = %(model)s) "
+        "FROM (SELECT array_agg(c.cell::int ORDER BY c.distance, c.cell) AS cells, "
+        "             array_agg(c.distance ORDER BY c.distance, c.cell) AS distances "
+        "      FROM (SELECT v.cell, v.centre <=> %(query)s::halfvec AS distance FROM vector_cells v "
+        "            WHERE v.model_id = %(model)s ORDER BY distance, v.cell LIMIT %(probes)s) c) n",
+        {"model": model_id, "query": query, "probes": probes}).fetchone()
+    return Route(max(1.0, total), list(cells or []), int(count), version or "", list(distances or []))

@@ -211,6 +211,37 @@ def test_a_narrow_filter_walks_one_cell_more(celled_db):
     assert walked == {"none": CELL_PROBES, "1 %": CELL_PROBES_SELECTIVE, "50 %": CELL_PROBES}
 
 
+def test_a_narrow_filter_also_walks_the_cells_as_near_as_the_nearest(celled_db):
+    """A query about as far from five centres (as text is from many) walks all five under a narrow
+    filter: its photos lie in the fifth as often as in the fourth. Without a filter, three."""
+    import re
+
+    from pgvector.psycopg import register_vector
+    from clipdex.search.plan import TIE_RATIO
+
+    url, data, _ = celled_db
+    with RecordingConnection.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.statements = []
+        c = centres(conn, data.model_id)
+        tied = c[[0, 2, 3, 5, 6]]
+        query = tied.T @ np.linalg.solve(tied @ tied.T, np.ones(len(tied)))   # as near to each of the five
+        query = (query / np.linalg.norm(query)).astype(np.float16).astype(np.float32)
+        distances = 1 - c @ (query / np.linalg.norm(query))
+        order = np.argsort(distances, kind="stable")
+        expected = {int(x) for n, x in enumerate(order)
+                    if n < CELL_PROBES_SELECTIVE or distances[x] <= TIE_RATIO * distances[order[0]] - 1e-4}
+        assert {0, 2, 3, 5, 6} <= expected      # (the premise: the five are the nearest, tied)
+        walked = {}
+        for label, filters in {"none": Filters(), "1 %": Filters.parse({"camera_make": ["Make-1"]})}.items():
+            conn.statements = []
+            ranked_ids(conn, data.model_id, data.dim, query, filters, 10, None, iterative=True, exact_max_rows=0)
+            walk = next(sql for sql in conn.statements if "UNION ALL" in sql)
+            walked[label] = {int(x) for x in re.findall(r"e\.cell = (\d+)", walk)}
+    assert len(walked["none"]) == CELL_PROBES and walked["none"] < expected
+    assert walked["1 %"] == expected
+
+
 def test_pages_over_the_cells_follow_each_other_without_gaps_or_repeats(cconn):
     db, conn, data = cconn
     service = service_for(db, model_key=data.model_key)

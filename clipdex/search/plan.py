@@ -27,7 +27,9 @@ EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
                               # walks CELL_PROBES_SELECTIVE cells (all again when the sample shows a miss),
 NARROW_SHARE = 0.03           # and one keeping less than this …
-NARROW_EF_FACTOR = 2          # … with this many times the candidate list
+NARROW_EF_FACTOR = 2          # … with this many times the candidate list,
+TIE_RATIO = 1.05              # and the cells whose centres are as near as the nearest's within this
+CELL_PROBES_TIED = 6          # ratio, up to this many (see near_ties)
 
 
 def _exact_if_few(conn: psycopg.Connection, model_id: int, query: HalfVector, where: str, params: list,
@@ -102,6 +104,16 @@ def exact_scan_limit(total: float, limit: int, walked: int) -> int:
     return int(min(EXACT_SCAN_MAX_ROWS, max(EXACT_SCAN_MIN_ROWS, rows)))
 
 
+def near_ties(nearest: list[int], distances: list[float], least: int) -> list[int]:
+    """The ``least`` nearest cells, and any further one whose centre is about as near as the
+    nearest's (within TIE_RATIO). A query far from every photo (text) is nearly as far from many
+    centres, and the photos it should find then lie in a fifth or sixth cell as often as in the
+    fourth (BENCHMARKS.md §4)."""
+    if not distances:
+        return nearest[:least]
+    return [c for n, (c, d) in enumerate(zip(nearest, distances)) if n < least or d <= TIE_RATIO * distances[0]]
+
+
 def ef_search_for(total: float, least: int) -> int:
     """The HNSW candidate list for a table of ``total`` vectors. A bigger library puts more
     near-ties around a query (more photos of each kind of scene), and a fixed list finds fewer
@@ -131,7 +143,8 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
                         f"{MAX_SCAN_TUPLES}" if iterative else ""))
         filtered = None
         vector = as_halfvec(query)
-        total, nearest, cell_count, sample_version = vector_cells.route(conn, model_id, vector)
+        total, nearest, cell_count, sample_version, distances = vector_cells.route(
+            conn, model_id, vector, CELL_PROBES_TIED)
         ef = ef_search_for(total / max(1, cell_count), ef_search)
         narrow_ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
         if exact_max_rows is None:
@@ -156,6 +169,7 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
             # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
             ef = narrow_ef
+            cells = near_ties(nearest, distances, CELL_PROBES_SELECTIVE)
         rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
             sample = lost_walks.SAMPLES.get(conn, model_id, sample_version)
