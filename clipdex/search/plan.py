@@ -25,11 +25,11 @@ FILTER_COST_PER_ROW = 0.5     # a filter costing more a row it keeps weighs more
 COUNT_ABOVE_ESTIMATE = 1.5    # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
 SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
-                              # walks CELL_PROBES_SELECTIVE cells (all again when the sample shows a miss),
+                              # walks CELL_PROBES cells (all again when the sample shows a miss) …
+TIE_RATIO = 1.05              # with the cells whose centres are as near as the nearest's within
+CELL_PROBES_TIED = 6          # this ratio, up to this many (see near_ties);
 NARROW_SHARE = 0.03           # and one keeping less than this …
-NARROW_EF_FACTOR = 2          # … with this many times the candidate list,
-TIE_RATIO = 1.05              # and the cells whose centres are as near as the nearest's within this
-CELL_PROBES_TIED = 6          # ratio, up to this many (see near_ties)
+NARROW_EF_FACTOR = 2          # … with this many times the candidate list
 
 
 def _exact_if_few(conn: psycopg.Connection, model_id: int, query: HalfVector, where: str, params: list,
@@ -107,8 +107,8 @@ def exact_scan_limit(total: float, limit: int, walked: int) -> int:
 def near_ties(nearest: list[int], distances: list[float], least: int) -> list[int]:
     """The ``least`` nearest cells, and any further one whose centre is about as near as the
     nearest's (within TIE_RATIO). A query far from every photo (text) is nearly as far from many
-    centres, and the photos it should find then lie in a fifth or sixth cell as often as in the
-    fourth (BENCHMARKS.md §4)."""
+    centres, and the photos it should find then lie in a fourth or fifth cell as often as in the
+    third; a query near photos rarely has a tie, and walks ``least`` (BENCHMARKS.md §4)."""
     if not distances:
         return nearest[:least]
     return [c for n, (c, d) in enumerate(zip(nearest, distances)) if n < least or d <= TIE_RATIO * distances[0]]
@@ -148,7 +148,8 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
         ef = ef_search_for(total / max(1, cell_count), ef_search)
         narrow_ef = min(EF_SEARCH_MAX, NARROW_EF_FACTOR * ef)
         if exact_max_rows is None:
-            # (a filter near the bound is a narrow one: it walks the most cells, with the widest lists)
+            # (a filter near the bound is a narrow one: it walks the most cells, 3 to 6, about 4 on
+            # average, with the widest lists)
             walked = CELL_PROBES_SELECTIVE * narrow_ef if nearest else ef
             exact_max_rows = exact_scan_limit(total, limit, walked)
         # Counting is only worth it near the threshold: a filter the planner expects to keep
@@ -159,17 +160,18 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             filtered, rows = _exact_if_few(conn, model_id, vector, where, params, exact_max_rows, limit, after)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 return rows, "exact", filtered
-        # Under a selective filter a fourth cell: the filtered true ten of a query far from the
-        # photos (text, whose nearest centres are nearly tied) often lie in it (at 1M, 5 %: recall
-        # 0.94 with three cells at twice the list, 0.98 with four at the plain list, in less time).
+        # Under a selective filter the cells about as near as the nearest too: the filtered true
+        # ten of a query far from the photos (text, whose nearest centres are nearly tied) often
+        # lie in a fourth or fifth cell (at 1M, 5 %: recall 0.94 with three cells at twice the
+        # list, 0.98 with four at the plain list; the ties hold as many of the true ten as four
+        # cells for 3.1 cells off the data, and more for 4.1 text-like; BENCHMARKS.md §4).
         selective = estimate < SELECTIVE_SHARE * total
-        cells = nearest[:CELL_PROBES_SELECTIVE if selective else CELL_PROBES]
+        cells = near_ties(nearest, distances, CELL_PROBES) if selective else nearest[:CELL_PROBES]
         if cells and estimate < NARROW_SHARE * total:
             # A narrow filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
             # at 200, 0.95-0.99 at 400, for 3 ms more; BENCHMARKS.md §4).
             ef = narrow_ef
-            cells = near_ties(nearest, distances, CELL_PROBES_SELECTIVE)
         rows = _ranked(conn, model_id, dim, vector, where, params, limit, after, ef, cells=cells)
         if cells and len(rows) == limit:
             sample = lost_walks.SAMPLES.get(conn, model_id, sample_version)
