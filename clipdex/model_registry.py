@@ -105,8 +105,9 @@ def build_vector_index(conn: psycopg.Connection, model_id: int, lock_timeout: fl
         # new pages are not yet marked all-visible, until autovacuum comes (a minute or more
         # later): the first searches would weigh their filters by stale counts and read the
         # photos a filter keeps from the table instead of its index alone (migration 0016).
-        # 6 s at a million photos (BENCHMARKS.md §4).
-        conn.execute("VACUUM (ANALYZE) images, embeddings")
+        # 6 s at a million photos (BENCHMARKS.md §4). A table another command holds (another
+        # model's index being built) is left to autovacuum rather than waited for.
+        conn.execute("VACUUM (ANALYZE, SKIP_LOCKED) images, embeddings")
     return name
 
 
