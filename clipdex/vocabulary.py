@@ -46,9 +46,9 @@ FAILURE_STAGES = ("read", "decode", "metadata", "embed", "write", "batch", "ocr"
 EF_SEARCH = 200
 MAX_SCAN_TUPLES = 200_000
 # A model split into vector cells (clipdex.vector_cells): the cells a search walks, nearest first
-# (and those about as near, clipdex.search.plan.near_ties); the cells psql's walk (migration
-# 0015's clipdex_walk_sql default) takes, about as many as a search walks on average; and the
-# vectors from which a model is split.
+# (under a selective filter also those about as near, clipdex.search.plan.near_ties); the cells
+# psql's walk (migration 0015's clipdex_walk_sql default) takes, about as many as a selective
+# search walks on average; and the vectors from which a model is split.
 CELL_PROBES = 3
 CELL_PROBES_SELECTIVE = 4
 CELLS_FROM = 500_000

@@ -24,11 +24,11 @@ CANDIDATE_COST = 6            # a walked candidate costs this many filtered rows
 FILTER_COST_PER_ROW = 0.5     # a filter costing more a row it keeps weighs more rows (see filter_work)
 COUNT_ABOVE_ESTIMATE = 1.5    # estimates this many times the threshold skip the bounded count
 EF_SEARCH_MAX = 1000          # pgvector's ceiling for hnsw.ef_search
-TIE_RATIO = 1.05              # a search walks CELL_PROBES cells and those whose centres are as near
-CELL_PROBES_TIED = 6          # as the nearest's within this ratio, up to this many (see near_ties);
-SELECTIVE_SHARE = 0.1         # under a filter the planner expects to keep less of the vectors than
-                              # this, all again when the sample shows a miss;
-NARROW_SHARE = 0.03           # and under one keeping less than this …
+SELECTIVE_SHARE = 0.1         # a filter the planner expects to keep less of the vectors than this
+                              # walks CELL_PROBES cells (all again when the sample shows a miss) …
+TIE_RATIO = 1.05              # with the cells whose centres are as near as the nearest's within
+CELL_PROBES_TIED = 6          # this ratio, up to this many (see near_ties);
+NARROW_SHARE = 0.03           # and one keeping less than this …
 NARROW_EF_FACTOR = 2          # … with this many times the candidate list
 
 
@@ -160,13 +160,13 @@ def ranked_ids(conn: psycopg.Connection, model_id: int, dim: int, query: np.ndar
             filtered, rows = _exact_if_few(conn, model_id, vector, where, params, exact_max_rows, limit, after)
             if filtered <= exact_max_rows:   # few enough: the exact sort over exactly those photos
                 return rows, "exact", filtered
-        # The 3 nearest cells and those about as near: the true ten of a query far from the photos
-        # (text, whose nearest centres are nearly tied) often lie in a fourth or fifth cell (at
-        # 1M, 5 %: recall 0.94 with three cells at twice the list, 0.98 with four at the plain
-        # list; the ties hold as many of the true ten as four cells for 3.1 cells off the data,
-        # and more for 4.1 text-like; unfiltered they left no query lost; BENCHMARKS.md §4).
+        # Under a selective filter the cells about as near as the nearest too: the filtered true
+        # ten of a query far from the photos (text, whose nearest centres are nearly tied) often
+        # lie in a fourth or fifth cell (at 1M, 5 %: recall 0.94 with three cells at twice the
+        # list, 0.98 with four at the plain list; the ties hold as many of the true ten as four
+        # cells for 3.1 cells off the data, and more for 4.1 text-like; BENCHMARKS.md §4).
         selective = estimate < SELECTIVE_SHARE * total
-        cells = near_ties(nearest, distances, CELL_PROBES)
+        cells = near_ties(nearest, distances, CELL_PROBES) if selective else nearest[:CELL_PROBES]
         if cells and estimate < NARROW_SHARE * total:
             # A narrow filter keeps few of the nearest candidates, and the walk of a cell of many
             # subjects then misses more: a wider list (at 1M, 1 % and 2.2 % filters: recall 0.92-0.97
