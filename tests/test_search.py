@@ -215,9 +215,9 @@ def test_the_photos_a_filter_keeps_are_read_from_its_index_alone(sconn, params):
     with conn.transaction(force_rollback=True):
         # (a table this small is cheaper to read whole: only the index paths are weighed here)
         conn.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
-        plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT i.id FROM images i WHERE {where}",
+        scan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT i.id FROM images i WHERE {where}",
                             values).fetchone()[0][0]["Plan"]
-    assert plan["Node Type"] == "Index Only Scan", plan
+    assert scan["Node Type"] == "Index Only Scan", scan
 
 
 @pytest.mark.parametrize("filters, exact_max", [({}, 20_000), ({"format": ["png"]}, 20_000),

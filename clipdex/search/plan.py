@@ -109,8 +109,6 @@ def near_ties(nearest: list[int], distances: list[float], least: int) -> list[in
     nearest's (within TIE_RATIO). A query far from every photo (text) is nearly as far from many
     centres, and the photos it should find then lie in a fourth or fifth cell as often as in the
     third; a query near photos rarely has a tie, and walks ``least`` (BENCHMARKS.md §4)."""
-    if not distances:
-        return nearest[:least]
     return [c for n, (c, d) in enumerate(zip(nearest, distances)) if n < least or d <= TIE_RATIO * distances[0]]
 
 
